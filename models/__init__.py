@@ -1,0 +1,12 @@
+"""Super-resolution architectures with official key layouts, detection and safe loading.
+
+Depends on nothing else in srserve; export, service and train build on it.
+"""
+from .adapter import SRNet
+from .registry import ARCHITECTURES, UnknownArchitecture, build_network, detect, get_spec, load_network, scales_of
+from .spec import ArchSpec, InputConvention
+
+__all__ = [
+    "ARCHITECTURES", "ArchSpec", "InputConvention", "SRNet", "UnknownArchitecture", "build_network", "detect",
+    "get_spec", "load_network", "scales_of",
+]

@@ -1,0 +1,64 @@
+"""The architectures this project knows, as an explicit table (no import-time registration)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import dasr, edsr, mdsr, rrdbnet, vdsr
+from .spec import ArchSpec
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    spec.name: spec for spec in (vdsr.SPEC, edsr.SPEC, mdsr.SPEC, rrdbnet.SPEC, dasr.SPEC)
+}
+
+
+class UnknownArchitecture(ValueError):
+    pass
+
+
+def get_spec(arch: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[arch]
+    except KeyError:
+        raise UnknownArchitecture(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}") from None
+
+
+def build_network(arch: str, hparams: dict | None = None) -> nn.Module:
+    spec = get_spec(arch)
+    return spec.build(**{**spec.default_hparams, **(hparams or {})})
+
+
+def scales_of(arch: str, hparams: dict) -> list[int]:
+    """Scales one network serves: the multi-scale list, or its single ``scale``."""
+    return [int(s) for s in hparams["scales"]] if "scales" in hparams else [int(hparams["scale"])]
+
+
+def detect(state_dict: dict) -> tuple[str, dict]:
+    """Architecture name and hyper-parameters of a (wrapper-free) state dict."""
+    for name, spec in ARCHITECTURES.items():
+        hparams = spec.detect(state_dict)
+        if hparams is not None:
+            return name, hparams
+    sample = ", ".join(list(state_dict)[:4])
+    raise UnknownArchitecture(f"no known architecture matches these keys (first: {sample})")
+
+
+def load_network(state_dict: dict, arch: str = "auto", hparams: dict | None = None) -> tuple[str, dict, nn.Module]:
+    """Converts ``state_dict`` to our layout, detects what is missing, builds and loads strictly."""
+    if arch == "auto":
+        arch, detected = detect(state_dict)
+    else:
+        detected = get_spec(arch).detect(get_spec(arch).convert(state_dict))
+        if detected is None:
+            raise UnknownArchitecture(f"these weights are not a {arch} checkpoint")
+    hparams = {**detected, **(hparams or {})}
+    spec = get_spec(arch)
+    net = build_network(arch, hparams)
+    converted = spec.convert(state_dict)
+    # MeanShift constants are fixed; accept checkpoints that omit them
+    missing_ok = {k for k in net.state_dict() if k.split(".")[-2:][0] in ("sub_mean", "add_mean")}
+    result = net.load_state_dict({k: torch.as_tensor(v) for k, v in converted.items()}, strict=False)
+    missing = [k for k in result.missing_keys if k not in missing_ok]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{arch} weights do not fit: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return arch, hparams, net.eval()
