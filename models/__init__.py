@@ -3,10 +3,11 @@
 Depends on nothing else in srserve; export, service and train build on it.
 """
 from .adapter import SRNet
+from .errors import SRError
 from .registry import ARCHITECTURES, UnknownArchitecture, build_network, detect, get_spec, load_network, scales_of
 from .spec import ArchSpec, InputConvention
 
 __all__ = [
-    "ARCHITECTURES", "ArchSpec", "InputConvention", "SRNet", "UnknownArchitecture", "build_network", "detect",
+    "ARCHITECTURES", "ArchSpec", "SRError", "InputConvention", "SRNet", "UnknownArchitecture", "build_network", "detect",
     "get_spec", "load_network", "scales_of",
 ]

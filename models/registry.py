@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from . import dasr, edsr, mdsr, rrdbnet, vdsr
+from .errors import SRError
 from .spec import ArchSpec
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -12,7 +13,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
-class UnknownArchitecture(ValueError):
+class UnknownArchitecture(SRError, ValueError):
     pass
 
 

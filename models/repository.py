@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import SRNet
+from .errors import SRError
 from .registry import build_network, get_spec, scales_of
 from .resize import BicubicUpsample
 
@@ -36,7 +37,7 @@ BICUBIC = "bicubic"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class RepositoryError(Exception):
+class RepositoryError(SRError):
     """A problem with a repository entry, worded for the user (one line)."""
 
 
