@@ -33,20 +33,14 @@ def polyphase_weights(scale: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def symmetric_pad(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
-    """Pads ``pad`` pixels per side along ``dim`` mirroring with the edge repeated (MATLAB)."""
-    n = x.shape[dim]
-    if n < pad:
-        return _symmetric_pad_small(x, pad, dim)
-    before = x.narrow(dim, 0, pad).flip(dim)
-    after = x.narrow(dim, n - pad, pad).flip(dim)
-    return torch.cat([before, x, after], dim)
+def symmetric_pad(x: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:
+    """Pads along ``dim`` mirroring with the edge repeated, as MATLAB's imresize does.
 
-
-def _symmetric_pad_small(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+    Works for any input length (indices wrap around the mirrored period), so tiny tiles are fine.
+    """
     n = x.shape[dim]
     period = torch.cat([torch.arange(n), torch.arange(n - 1, -1, -1)])
-    idx = period[torch.arange(-pad, n + pad) % (2 * n)].to(x.device)
+    idx = period[torch.arange(-before, n + after) % (2 * n)].to(x.device)
     return x.index_select(dim, idx)
 
 
@@ -60,9 +54,49 @@ class BicubicUpsample(nn.Module):
 
     def _along_width(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        y = F.conv2d(symmetric_pad(x, 2, 3).reshape(n * c, 1, h, w + 4), self.weight.to(x.dtype))  # (nc, s, h, w)
+        y = F.conv2d(symmetric_pad(x, 2, 2, 3).reshape(n * c, 1, h, w + 4), self.weight.to(x.dtype))  # (nc, s, h, w)
         return y.permute(0, 2, 3, 1).reshape(n, c, h, w * self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._along_width(x)
         return self._along_width(x.transpose(2, 3)).transpose(2, 3)
+
+
+def downsample_weights(scale: int) -> torch.Tensor:
+    """The 4s+2 antialiased cubic taps MATLAB uses to shrink by an integer factor ``s``.
+
+    Shrinking by 1/s samples output pixel x (1-based) at u = s·x + (1 - s)/2: the fractional
+    position is the same for every x, so the resize is one strided convolution.
+    """
+    taps = 4 * scale + 2
+    u = scale + 0.5 * (1 - scale)  # x = 1
+    left = torch.floor(torch.tensor(u - 2.0 * scale))
+    idx = left + torch.arange(taps, dtype=torch.float64)
+    w = cubic((u - idx) / scale) / scale
+    return w / w.sum(), int(left.item()) - 1  # 0-based offset of the first tap for x = 0
+
+
+class BicubicDownsample(nn.Module):
+    """N×C×H×W -> N×C×(H/s)×(W/s) like MATLAB ``imresize(x, 1/s, 'bicubic')`` (H, W multiples of s).
+
+    Used on the fly by training (DASR's degradations); evaluation uses the NumPy imresize.
+    """
+
+    def __init__(self, scale: int):
+        super().__init__()
+        self.scale = int(scale)
+        weights, self.offset = downsample_weights(self.scale)
+        self.register_buffer("weight", weights.float().view(1, 1, 1, -1), persistent=False)
+
+    def _along_width(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        taps = self.weight.shape[-1]
+        after = max(0, (w // self.scale - 1) * self.scale + self.offset + taps - w)
+        padded = symmetric_pad(x, -self.offset, after, 3)
+        y = F.conv2d(padded.reshape(n * c, 1, h, -1), self.weight.to(x.dtype), stride=(1, self.scale))
+        return y.reshape(n, c, h, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._along_width(x)
+        return self._along_width(x.transpose(2, 3)).transpose(2, 3)
+
