@@ -1,0 +1,77 @@
+"""Model cards: REPO/NAME/README.md with the training facts and a measured PSNR table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from srserve.models.repository import ModelEntry
+
+from .data import expand_path
+
+# Published Y-PSNR (dB) from the papers (../shared/SEEDS.md); None where a paper has no figure.
+PAPER_PSNR = {
+    "bicubic": {("Set5", 2): 33.66, ("Set5", 3): 30.39, ("Set5", 4): 28.42,
+                ("Set14", 2): 30.24, ("Set14", 3): 27.55, ("Set14", 4): 26.00},
+    "vdsr": {("Set5", 2): 37.53, ("Set5", 3): 33.66, ("Set5", 4): 31.35,
+             ("Set14", 2): 33.03, ("Set14", 3): 29.77, ("Set14", 4): 28.01},
+    "edsr": {("Set5", 2): 38.11, ("Set5", 3): 34.65, ("Set5", 4): 32.46,
+             ("Set14", 2): 33.92, ("Set14", 3): 30.52, ("Set14", 4): 28.80},
+    "rrdbnet": {("Set5", 4): 32.73, ("Set14", 4): 28.99},
+    "dasr": {("Set5", 2): 37.87, ("Set5", 3): 34.11, ("Set5", 4): 31.99,
+             ("Set14", 2): 33.34, ("Set14", 3): 30.13, ("Set14", 4): 28.50},
+}
+PAPER_NAME = {"vdsr": "VDSR", "edsr": "EDSR", "mdsr": "EDSR (MDSR has no Set5 table; EDSR shown)",
+              "rrdbnet": "RRDB (ESRGAN, PSNR)", "dasr": "DASR (σ = 0)"}
+BENCHMARKS = ("Set5", "Set14")
+
+
+def measure(entry: ModelEntry, datasets_root: Path) -> list[dict]:
+    """Y-PSNR/SSIM of the entry and of bicubic on Set5/Set14 at every scale it serves."""
+    from srserve.backend import TorchBackend
+    from srserve.evaluate import evaluate
+
+    rows = []
+    backend = TorchBackend(entry.load("cpu"))
+    for bench in BENCHMARKS:
+        for scale in entry.scales:
+            dataset = datasets_root / "benchmark" / bench
+            if not dataset.exists():
+                continue
+            r = evaluate(backend, dataset, scale, progress=False)
+            rows.append({"dataset": bench, "scale": scale, "psnr": r.psnr, "ssim": r.ssim, "bicubic": r.bicubic_psnr})
+    return rows
+
+
+def render_card(entry: ModelEntry, rows: list[dict]) -> str:
+    paper = PAPER_PSNR.get("edsr" if entry.architecture == "mdsr" else entry.architecture, {})
+    lines = [f"# {entry.extra.get('display_name') or entry.name}", "", entry.description, "",
+             f"Architecture `{entry.architecture}`; scales {entry.scales}; weights are safetensors in this folder.", ""]
+    lines += ["## Training", ""]
+    for w in entry.weights:
+        s = w.source
+        size_kb = (entry.path / w.file).stat().st_size // 1024 if (entry.path / w.file).exists() else 0
+        lines.append(f"- `{w.file}` (x{'/'.join(map(str, w.scales))}, {size_kb} KiB), hyper-parameters `{w.hparams}`: "
+                     f"{s.get('recipe', 'imported')} recipe, {s.get('iterations', '?')} iterations "
+                     f"(batch {s.get('batch', '?')}, LR patch {s.get('lr_patch', '?')}), "
+                     f"{s.get('wall_time_s', '?')} s on {s.get('hardware', '?')}, {s.get('date', '')}; "
+                     f"data: {', '.join(map(str, s.get('data') or ['?']))}.")
+    lines += ["", "Training data are the 400 BSDS500 train+test images (481×321), not DIV2K/Flickr2K as in the papers,",
+              "and training ran for a small fraction of the papers' iterations on a CPU: expect lower PSNR than published.", ""]
+    lines += ["## Measured PSNR (Y channel, dB) and SSIM", "",
+              "Protocol: MATLAB-bicubic LR, Y of BT.601, `scale` pixels shaved (`srserve eval`).", "",
+              f"| dataset | scale | this model | SSIM | bicubic (measured) | gain | {PAPER_NAME.get(entry.architecture, 'paper')} (published) |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        published = paper.get((r["dataset"], r["scale"]))
+        lines.append(f"| {r['dataset']} | x{r['scale']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['bicubic']:.2f} | "
+                     f"{r['psnr'] - r['bicubic']:+.2f} | {published if published is not None else '—'} |")
+    lines += ["", f"Reproduce: `srserve eval --model {entry.name} --scale {','.join(map(str, entry.scales))} "
+              "--dataset ../shared/datasets/benchmark/Set5`", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(entry: ModelEntry, datasets_root: str = "${SR_DATASETS}") -> list[dict]:
+    rows = measure(entry, expand_path(datasets_root))
+    entry.extra["benchmarks"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    entry.save()
+    (entry.path / "README.md").write_text(render_card(entry, rows))
+    return rows

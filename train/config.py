@@ -1,0 +1,65 @@
+"""Training configuration: one YAML file per run under train/configs/."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from srserve.models.errors import SRError
+
+
+class ConfigError(SRError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    name: str                      # run name: checkpoints and logs go to runs/NAME
+    recipe: str                    # edsr | mdsr | vdsr | esrgan_psnr | esrgan_gan | dasr
+    arch: str
+    hparams: dict
+    repository_name: str           # model-repository entry written when the run finishes
+    iterations: int
+    data: dict                     # folders, lr_patch, batch, cache_dir, limit
+    optim: dict                    # lr, betas, eps, weight_decay, momentum, halve_every / milestones
+    display_name: str = ""
+    description: str = ""
+    init_from: str | None = None   # weights (safetensors or checkpoint) to start from, e.g. EDSR x2 for x3/x4
+    ema: float | None = None       # EMA decay for the exported weights
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+    checkpoint_every: int = 200
+    validate_every: int = 1000
+    log_every: int = 20
+    validation: dict = field(default_factory=lambda: {"dataset": "${SR_DATASETS}/benchmark/Set5"})
+    extra: dict = field(default_factory=dict)  # recipe-specific settings (GAN weights, MoCo queue, ...)
+    path: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """Checkpoints and logs: ``$SR_RUNS/NAME`` (default ``runs/NAME``). Point SR_RUNS outside
+        a work tree that may be recreated, so long runs survive and resume."""
+        return Path(os.environ.get("SR_RUNS", "runs")) / self.name
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    known = set(TrainConfig.__dataclass_fields__) - {"path"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
+    try:
+        return TrainConfig(**data, path=path)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

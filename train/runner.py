@@ -1,0 +1,200 @@
+"""The training loop: resume, step, log, checkpoint, validate, publish.
+
+Checkpoints (runs/NAME/last.pt) hold only tensors, numbers and strings, so they load with
+``torch.load(weights_only=True)``; a killed run resumes from the last one. A finished run (or
+``--publish`` at any time) writes the exported weights into the model repository with the
+training facts, and refreshes that model's card.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from srserve.models.registry import load_network
+from srserve.models.repository import Repository
+
+from .config import TrainConfig, load_config
+from .data import expand_path
+from .recipes import recipe_class
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def initialise_from(recipe, path: str) -> None:
+    """Copies every tensor whose name and shape match (EDSR x3/x4 start from the trained x2)."""
+    from srserve.models.checkpoint import load_checkpoint
+
+    source = load_checkpoint(expand_path(path))
+    own = recipe.net.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    recipe.net.load_state_dict(matched, strict=False)
+    if recipe.ema_net is not None:
+        recipe.ema_net.load_state_dict(recipe.net.state_dict())
+    print(f"initialised {len(matched)}/{len(own)} tensors from {path}")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, repository: str | Path = "model_repository", device: str | None = None):
+        self.cfg = cfg
+        self.repository = Repository(repository)
+        self.device = torch.device(device or cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.recipe = recipe_class(cfg.recipe)(cfg, self.device)
+        self.iteration = 0
+        self.elapsed = 0.0  # training wall time over all sessions
+        self.best: dict = {}
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- checkpoints ---------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.cfg.run_dir / "last.pt"
+
+    def save_checkpoint(self) -> None:
+        r = self.recipe
+        state = {
+            "iteration": self.iteration, "elapsed": self.elapsed, "best": json.dumps(self.best),
+            "modules": {k: m.state_dict() for k, m in r.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in r.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in r.schedulers.items()},
+            "extra": r.extra_state() if hasattr(r, "extra_state") else {},
+            "torch_rng": torch.get_rng_state(), "sampler_rng": json.dumps(r.sampler.rng_state()),
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)
+
+    def resume(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        r = self.recipe
+        for k, m in r.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in r.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in r.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        if hasattr(r, "load_extra_state"):
+            r.load_extra_state(state.get("extra", {}))
+        torch.set_rng_state(state["torch_rng"])
+        r.sampler.set_rng_state(json.loads(state["sampler_rng"]))
+        self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
+        self.best = json.loads(state["best"])
+        return True
+
+    # --- validation and logging ---------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        from srserve.backend import TorchBackend
+        from srserve.evaluate import evaluate
+
+        dataset = expand_path(self.cfg.validation["dataset"])
+        if not dataset.exists():
+            return {}
+        backend = TorchBackend(self.recipe.loaded_model(), self.device)
+        return {f"val_psnr_x{s}": round(evaluate(backend, dataset, s, progress=False).psnr, 3)
+                for s in self.recipe.scales}
+
+    def log(self, row: dict) -> None:
+        path = self.cfg.run_dir / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    # --- the loop ------------------------------------------------------------------------
+    def improves(self, val: dict) -> bool:
+        keys = [k for k in val if k.startswith("val_psnr")]
+        return not self.best or sum(val[k] for k in keys) > sum(self.best.get(k, float("-inf")) for k in keys)
+
+    def run(self, iterations: int | None = None, publish_progress: bool = False) -> None:
+        total = iterations or self.cfg.iterations
+        if self.iteration == 0 and self.cfg.init_from:
+            initialise_from(self.recipe, self.cfg.init_from)
+        bar = tqdm(total=total, initial=self.iteration, desc=self.cfg.name, dynamic_ncols=True)
+        running: dict[str, float] = {}
+        while self.iteration < total:
+            start = time.perf_counter()
+            losses = self.recipe.step(self.iteration)
+            self.elapsed += time.perf_counter() - start
+            self.iteration += 1
+            for k, v in losses.items():
+                running[k] = running.get(k, 0.0) + float(v)
+            bar.update(1)
+            if self.iteration % self.cfg.log_every == 0:
+                avg = {k: round(v / self.cfg.log_every, 4) for k, v in running.items()}
+                running = {}
+                bar.set_postfix(avg)
+                self.log({"iteration": self.iteration, "elapsed_s": round(self.elapsed, 1),
+                          "lr": self.recipe.current_lr(), "losses": json.dumps(avg)})
+            if self.iteration % self.cfg.validate_every == 0 or self.iteration == total:
+                val = self.validate()
+                if val:
+                    bar.write(f"{self.cfg.name} it {self.iteration}: {val}")
+                    self.log({"iteration": self.iteration, "elapsed_s": round(self.elapsed, 1),
+                              "lr": self.recipe.current_lr(), "losses": json.dumps(val)})
+                    if self.improves(val):
+                        self.best = {**val, "iteration": self.iteration}
+                        if publish_progress:
+                            self.publish()  # the repository always holds the best weights so far
+            if self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == total:
+                self.save_checkpoint()
+        bar.close()
+
+    # --- publishing ------------------------------------------------------------------------
+    def publish(self) -> None:
+        """Writes the exported weights into the repository and refreshes the model card."""
+        from .card import write_model_card
+
+        cfg = self.cfg
+        state = {k: v.detach().cpu() for k, v in self.recipe.exported().state_dict().items()}
+        arch, hparams, _ = load_network(state, cfg.arch, self.recipe.hparams)  # proves it reloads strictly
+        source = {
+            "trained_by": "srserve train", "config": str(cfg.path), "recipe": cfg.recipe,
+            "iterations": self.iteration, "wall_time_s": round(self.elapsed), "hardware": hardware_description(self.device),
+            "data": cfg.data.get("folders"), "batch": cfg.data.get("batch"), "lr_patch": cfg.data.get("lr_patch"),
+            "validation": self.best, "date": time.strftime("%Y-%m-%d"),
+        }
+        entry = self.repository.add_weights(cfg.repository_name, arch, self.recipe.hparams, state, source=source,
+                                            description=cfg.description, license="Apache-2.0 (weights trained by srserve)",
+                                            provenance=f"trained by srserve from {cfg.path}")
+        if cfg.display_name:
+            entry.extra["display_name"] = cfg.display_name
+            entry.save()
+        write_model_card(entry)
+        print(f"published {cfg.repository_name} x{self.recipe.scales} -> {entry.path}")
+
+
+def train(config_path: str, repository: str = "model_repository", *, resume: bool = True,
+          iterations: int | None = None, device: str | None = None, publish: bool = True,
+          publish_only: bool = False) -> Trainer:
+    trainer = Trainer(load_config(config_path), repository, device)
+    if resume and trainer.resume():
+        print(f"resumed {trainer.cfg.name} at iteration {trainer.iteration}")
+    if not publish_only:
+        trainer.run(iterations, publish_progress=publish)
+    if publish_only or (publish and not trainer.best):  # no validation data: publish the final weights
+        trainer.publish()
+    return trainer
