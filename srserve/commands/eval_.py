@@ -14,7 +14,8 @@ HELP = "evaluate a model on a benchmark folder (PSNR/SSIM on Y, vs bicubic)"
 EPILOG = """dataset layouts:
   DIR/x{S}/HR/*, DIR/x{S}/LR/*  per-scale pairs with the same file names (LR used as given)
   DIR/HR/*                      HR only; LR made with MATLAB bicubic imresize
-HR is mod-cropped to the scale; PSNR/SSIM on BT.601 Y with S pixels shaved per border.
+HR is mod-cropped to the scale; PSNR/SSIM on BT.601 Y with S pixels shaved per border
+(gray images on their gray values, as the MATLAB scripts behind published tables do).
 With --json, one JSON object per scale is printed, one per line."""
 
 
@@ -28,6 +29,16 @@ def parse_scales(text: str) -> list[int]:
     return list(dict.fromkeys(scales))
 
 
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a tile size >= 0, got {text!r}")
+    return value
+
+
 def add_arguments(p) -> None:
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -35,7 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--scale", required=True, type=parse_scales, metavar="S[,S...]", help="scale(s), e.g. 4 or 2,3,4")
     p.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder (layouts below)")
     p.add_argument("--self-ensemble", action="store_true", help="geometric self-ensemble x8 (EDSR+)")
-    p.add_argument("--tile", type=int, default=0, metavar="N", help="LR tile size; 0 = whole image (default)")
+    p.add_argument("--tile", type=non_negative, default=0, metavar="N", help="LR tile size; 0 = whole image (default)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     p.add_argument("--json", action="store_true", help="machine-readable output: one JSON object per scale")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
