@@ -83,7 +83,7 @@ class DASRRecipe(Recipe):
             for p_k, p_q in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
                 p_k.mul_(self.momentum).add_(p_q.detach(), alpha=1 - self.momentum)
             _, k = self.encoder_k(lr_k * 255)
-        loss = info_nce(q, k, self.queue.keys.to(q), self.temperature)
+        loss = info_nce(q, k, self.queue.keys.clone().to(q), self.temperature)  # enqueue below mutates it
         self.queue.enqueue(F.normalize(k, dim=1))
         return loss, fea
 

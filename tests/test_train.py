@@ -1,0 +1,130 @@
+"""Training recipes: a few steps of tiny configs on CPU, plus the rules each recipe must follow."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from srserve.train.config import TrainConfig
+from srserve.train.recipes import recipe_class
+from srserve.train.recipes.dasr import MoCoQueue, info_nce
+from srserve.train.recipes.vdsr import clip_gradients_adjustable
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> str:
+    """Six smooth synthetic 96x96 images (gradients, discs, stripes): learnable in a few steps."""
+    folder = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96] / 96.0
+    for i in range(6):
+        a, b, c = rng.random(3)
+        img = np.stack([a * xx + (1 - a) * yy, np.sin(6 * b * np.pi * xx) * 0.5 + 0.5,
+                        ((xx - c) ** 2 + (yy - 0.5) ** 2 < 0.1).astype(float)], axis=-1)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    return str(folder)
+
+
+def tiny_config(image_folder, tmp_path, recipe, arch, hparams, **kw) -> TrainConfig:
+    data = {"folders": [image_folder], "lr_patch": 12, "batch": 4, "cache_dir": str(tmp_path / "cache"), **kw.pop("data", {})}
+    return TrainConfig(name=f"t_{recipe}", recipe=recipe, arch=arch, hparams=hparams, repository_name="t",
+                       iterations=10, data=data, optim={"lr": 1e-3, **kw.pop("optim", {})}, **kw)
+
+
+def run_steps(recipe, n: int, key: str) -> list[float]:
+    return [recipe.step(i)[key] for i in range(n)]
+
+
+def assert_decreases(losses: list[float]) -> None:
+    head, tail = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert tail < head, f"loss did not go down: first {head:.4f}, last {tail:.4f}"
+
+
+@pytest.mark.parametrize("recipe,arch,hparams,key", [
+    ("edsr", "edsr", {"n_resblocks": 1, "n_feats": 8, "scale": 2}, "l1"),
+    ("mdsr", "mdsr", {"n_resblocks": 1, "n_feats": 8, "scales": [2, 3, 4]}, "l1"),
+    ("esrgan_psnr", "rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 4}, "l1"),
+])
+def test_pixel_recipes_reduce_loss(image_folder, tmp_path, recipe, arch, hparams, key):
+    torch.manual_seed(0)
+    cfg = tiny_config(image_folder, tmp_path, recipe, arch, hparams, data={"lr_patch": 8})
+    assert_decreases(run_steps(recipe_class(recipe)(cfg, torch.device("cpu")), 40, key))
+
+
+def test_vdsr_recipe_reduces_loss(image_folder, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(image_folder, tmp_path, "vdsr", "vdsr", {"num_layers": 4, "n_feats": 8},
+                      data={"hr_patch": 24, "batch": 8}, optim={"lr": 0.01, "clip_theta": 0.01})
+    assert_decreases(run_steps(recipe_class("vdsr")(cfg, torch.device("cpu")), 40, "mse"))
+
+
+def test_esrgan_gan_recipe_reduces_generator_loss(image_folder, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(image_folder, tmp_path, "esrgan_gan", "rrdbnet",
+                      {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 4},
+                      data={"lr_patch": 8, "batch": 2}, extra={"allow_random_vgg": True, "disc_features": 4})
+    recipe = recipe_class("esrgan_gan")(cfg, torch.device("cpu"))
+    losses = [recipe.step(i) for i in range(30)]
+    assert_decreases([l["percep"] + 1e-2 * l["l1"] / 255 for l in losses])
+    assert all(np.isfinite(l["d"]) and np.isfinite(l["g_gan"]) for l in losses)
+
+
+def test_dasr_recipe_both_stages(image_folder, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(image_folder, tmp_path, "dasr", "dasr", {"n_groups": 1, "n_blocks": 1, "n_feats": 8, "scale": 2},
+                      data={"lr_patch": 12, "batch": 4, "sigma": [0.2, 2.0]},
+                      extra={"encoder_iterations": 25, "queue_size": 32})
+    recipe = recipe_class("dasr")(cfg, torch.device("cpu"))
+    encoder_only = [recipe.step(i) for i in range(25)]
+    assert all(set(l) == {"contrastive"} for l in encoder_only)  # stage 1 trains the encoder alone
+    joint = [recipe.step(i) for i in range(25, 55)]
+    assert_decreases([l["l1"] for l in joint])
+
+
+def test_adjustable_clipping_bound_is_theta_over_lr():
+    p = torch.nn.Parameter(torch.zeros(5))
+    p.grad = torch.tensor([-50.0, -0.5, 0.0, 0.5, 50.0])
+    bound = clip_gradients_adjustable([p], theta=0.4, lr=0.1)
+    assert bound == pytest.approx(4.0)
+    assert torch.equal(p.grad, torch.tensor([-4.0, -0.5, 0.0, 0.5, 4.0]))
+    p.grad = torch.tensor([-500.0, -50.0, 0.0, 50.0, 500.0])
+    clip_gradients_adjustable([p], theta=0.4, lr=0.001)  # smaller lr, looser bound (400)
+    assert torch.equal(p.grad, torch.tensor([-400.0, -50.0, 0.0, 50.0, 400.0]))
+
+
+def test_mdsr_step_updates_only_the_chosen_scale(image_folder, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(image_folder, tmp_path, "mdsr", "mdsr", {"n_resblocks": 1, "n_feats": 8, "scales": [2, 3, 4]})
+    recipe = recipe_class("mdsr")(cfg, torch.device("cpu"))
+    recipe.pick_scale = lambda: 3
+    before = {k: v.clone() for k, v in recipe.net.state_dict().items()}
+    for i in range(3):  # several steps: Adam's momentum must not move the unused heads either
+        recipe.step(i)
+    after = recipe.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("pre_process.1.") for k in changed) and any(k.startswith("upsample.1.") for k in changed)
+    assert any(k.startswith("body.") for k in changed)
+    assert not any(k.startswith(("pre_process.0.", "pre_process.2.", "upsample.0.", "upsample.2.")) for k in changed)
+
+
+def test_moco_queue_replaces_oldest_keys_and_wraps():
+    queue = MoCoQueue(dim=4, size=5, generator=torch.Generator().manual_seed(0))
+    original = queue.keys.clone()
+    first = torch.eye(4)[:3]
+    queue.enqueue(first)
+    assert queue.ptr == 3
+    assert torch.equal(queue.keys[:, :3], first.T) and torch.equal(queue.keys[:, 3:], original[:, 3:])
+    second = -torch.eye(4)[:3]
+    queue.enqueue(second)  # wraps: slots 3, 4, 0
+    assert queue.ptr == 1
+    assert torch.equal(queue.keys[:, [3, 4, 0]], second.T)
+    assert torch.equal(queue.keys[:, 1:3], first.T[:, 1:3])
+
+
+def test_info_nce_prefers_matching_positives():
+    q = torch.eye(4)[:2]
+    queue = torch.eye(4)[:, 2:]  # negatives orthogonal to the queries
+    good = info_nce(q, q.clone(), queue, 0.07)
+    bad = info_nce(q, torch.eye(4)[2:], queue, 0.07)  # "positives" equal to negatives
+    assert good < 0.01 < bad
