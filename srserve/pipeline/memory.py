@@ -1,0 +1,126 @@
+"""How big a tile fits: activation memory per LR pixel, free memory, out-of-memory detection.
+
+``bytes_per_lr_pixel`` is an analytic estimate of the peak activation memory of one forward
+pass (float32), counted in feature maps per LR pixel at the point where most of them are alive
+(the last upsampling stage for sub-pixel models, the HR trunk for VDSR and RRDBNet), times
+``SAFETY`` for allocator slack and temporaries; ``bench/tiling.py`` prints it next to the
+measured peak RSS. The estimate only has to be right within a factor of about two: a tile that
+still does not fit is halved and retried (``upscale_tensor``), so the estimate sets the first
+try, not correctness.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+SAFETY = 1.5
+FLOAT_BYTES = 4
+CPU_FRACTION = 0.5  # of the memory available to this process, leaving room for the output and others
+CUDA_FRACTION = 0.8
+FALLBACK_CPU_BYTES = 4 << 30
+
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate memory",
+                "not enough memory", "bad_alloc", "defaultcpuallocator")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA OOM, ``MemoryError`` and allocation failures reported as RuntimeError
+    (the CPU allocator, onnxruntime's ``RuntimeException``/``Fail``)."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    if isinstance(exc, RuntimeError) or type(exc).__name__ in ("RuntimeException", "Fail"):
+        message = str(exc).lower()
+        return any(m in message for m in OOM_MESSAGES)
+    return False
+
+
+def _hparams(model, scale: int) -> dict:
+    entry = getattr(model, "entry", None)
+    if entry is None:
+        return {}
+    return {**entry.spec.default_hparams, **entry.weights_for(scale).hparams}
+
+
+def _subpixel_upsampler_maps(n_feats: int, scale: int) -> float:
+    """Maps alive in the last sub-pixel stage: its input, the conv output and the shuffled copy."""
+    if scale == 3:
+        return n_feats + 2 * 9 * n_feats
+    stage_in = n_feats * (scale / 2) ** 2
+    return stage_in + 2 * n_feats * scale**2
+
+
+def _maps_per_lr_pixel(architecture: str, h: dict, scale: int) -> float:
+    s2 = scale * scale
+    if architecture in ("edsr", "mdsr", "dasr"):
+        f = h.get("n_feats", 64)
+        trunk = (7 if architecture == "dasr" else 5) * f
+        return max(trunk, _subpixel_upsampler_maps(f, scale)) + 6 * s2 + 3
+    if architecture == "vdsr":
+        return (2 * h.get("n_feats", 64) + 12) * s2 + 3
+    if architecture == "rrdbnet":
+        f, g = h.get("num_feat", 64), h.get("num_grow_ch", 32)
+        u2 = (4 // scale) ** 2
+        trunk = 4 * f + 9 * g
+        hr = 32 * f + 48  # two F-wide maps at 4× the trunk resolution, plus the output
+        return (max(trunk, hr) + 3 * u2) / u2
+    return 4 * s2 + 3  # bicubic and unknown: input, output, temporaries
+
+
+def bytes_per_lr_pixel(model_or_backend, scale: int) -> float:
+    """Estimated peak activation bytes per LR pixel of a window (float32, one image)."""
+    model = getattr(model_or_backend, "model", model_or_backend)
+    maps = _maps_per_lr_pixel(model.architecture, _hparams(model, scale), scale)
+    return SAFETY * FLOAT_BYTES * maps
+
+
+def _cgroup_available() -> int | None:
+    """Bytes left under a cgroup v2 memory limit (containers), or None without one."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        return max(0, int(limit) - used)
+    except (OSError, ValueError):
+        return None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # not Linux
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
+
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes a tile may use on ``device``: a fraction of the free memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_FRACTION)
+    env = os.environ.get("SR_CPU_MEMORY_BYTES")  # explicit budget (tests, shared machines)
+    if env:
+        return int(env)
+    candidates = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return int((min(candidates) if candidates else FALLBACK_CPU_BYTES) * CPU_FRACTION)
+
+
+def auto_tile_size(model_or_backend, scale: int, margin: int, *, device: str | torch.device = "cpu",
+                   batch: int = 1, budget: int | None = None, quantum: int = 16, minimum: int = 16) -> int:
+    """Largest core side (multiple of ``quantum``) whose windows (``batch`` of them) fit ``budget``."""
+    budget = available_memory(device) if budget is None else budget
+    per_pixel = bytes_per_lr_pixel(model_or_backend, scale) * max(1, batch)
+    window = math.isqrt(max(0, int(budget / per_pixel)))
+    core = (window - 2 * margin) // quantum * quantum
+    return max(minimum, core)
