@@ -44,8 +44,21 @@ def detect(state_dict: dict) -> tuple[str, dict]:
     raise UnknownArchitecture(f"no known architecture matches these keys (first: {sample})")
 
 
+class WeightsMismatch(SRError, ValueError):
+    """Weights whose names or shapes do not fit the architecture (a user-input error, one line)."""
+
+
 def load_network(state_dict: dict, arch: str = "auto", hparams: dict | None = None) -> tuple[str, dict, nn.Module]:
     """Converts ``state_dict`` to our layout, detects what is missing, builds and loads strictly."""
+    try:
+        return _load_network(state_dict, arch, hparams)
+    except SRError:
+        raise
+    except (ValueError, KeyError, IndexError, RuntimeError) as exc:  # malformed shapes in detect/build/load
+        raise WeightsMismatch(f"{arch} weights do not fit: {' '.join(str(exc).split())[:300]}") from None
+
+
+def _load_network(state_dict: dict, arch: str, hparams: dict | None) -> tuple[str, dict, nn.Module]:
     if arch == "auto":
         arch, detected = detect(state_dict)
     else:
@@ -61,5 +74,5 @@ def load_network(state_dict: dict, arch: str = "auto", hparams: dict | None = No
     result = net.load_state_dict({k: torch.as_tensor(v) for k, v in converted.items()}, strict=False)
     missing = [k for k in result.missing_keys if k not in missing_ok]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{arch} weights do not fit: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise WeightsMismatch(f"{arch} weights do not fit: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     return arch, hparams, net.eval()
