@@ -1,52 +1,135 @@
 """The interface every inference backend implements, and the PyTorch one.
 
 The pipeline and the server only talk to ``Backend``: ``run`` maps a batch of LR tiles to SR
-tiles for one scale (RGB, float32, N×3×h×w in [0, 1] -> N×3×sh×sw), and ``degradation``
-gives DASR's per-image degradation vector. ONNX Runtime and TensorRT backends live in
-``srserve.export.backends`` and are created by ``srserve.export.backends.create_backend``.
+tiles for one scale (RGB, float32, N×3×h×w in [0, 1] -> N×3×sh×sw, not clamped), and
+``degradation`` gives DASR's per-image degradation vector. ONNX Runtime and TensorRT backends
+live in ``srserve.export.backends``; ``srserve.export.backends.create_backend`` makes any of them.
+
+Reduced precision (fp16/bf16) is a request, not a promise: it runs only on CUDA and only for
+models whose ``fp16_safe`` flag is set (``resolve_precision``), and every reduced-precision
+batch whose output holds NaN/Inf is run again in fp32 (``PrecisionGuard``; other tools return
+black images there). ``fp16_fallbacks`` counts those batches for the server's metrics.
 """
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+from typing import Callable, Protocol
 
 import torch
 
+from srserve.models.errors import SRError
 from srserve.models.repository import LoadedModel
+
+log = logging.getLogger("srserve.backend")
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class BackendError(SRError):
+    """A backend cannot be created or cannot run as asked (one line for the user)."""
 
 
 class Backend(Protocol):
     name: str  # "torch", "onnxruntime", "tensorrt"
     model: LoadedModel
     device: torch.device
-    precision: str  # "fp32", "fp16", "bf16"
+    precision: str  # the precision it runs: "fp32", "fp16", "bf16"
+    fp16_fallbacks: int  # reduced-precision batches re-run in fp32 because of NaN/Inf
 
     def run(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def degradation(self, x: torch.Tensor, scale: int) -> torch.Tensor | None: ...
 
+    def describe(self) -> dict: ...
+
+
+def resolve_precision(requested: str, device: torch.device, fp16_safe: bool, *, force: bool = False) -> tuple[str, str]:
+    """The precision to run and, when it differs from ``requested``, why (else "").
+
+    ``force`` skips the CUDA/``fp16_safe`` rule: for tests and for measuring a model on the way
+    to setting its flag.
+    """
+    if requested not in PRECISIONS:
+        raise BackendError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp32" or force:
+        return requested, ""
+    if torch.device(device).type != "cuda":
+        return "fp32", f"{requested} runs on CUDA only; using fp32"
+    if not fp16_safe:
+        return "fp32", f"the model is not marked fp16-safe; using fp32 instead of {requested}"
+    return requested, ""
+
+
+class PrecisionGuard:
+    """Checks reduced-precision outputs; a batch with NaN/Inf is re-run in fp32 and counted."""
+
+    def __init__(self, precision: str, label: str = ""):
+        self.precision = precision
+        self.label = label
+        self.fallbacks = 0
+
+    def check(self, out: torch.Tensor, rerun_fp32: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if self.precision == "fp32" or bool(torch.isfinite(out).all()):
+            return out
+        self.fallbacks += 1
+        log.warning("%s: %s output has NaN/Inf; batch re-run in fp32 (%d so far)", self.label, self.precision,
+                    self.fallbacks)
+        return rerun_fp32()
+
 
 class TorchBackend:
-    """Eager PyTorch on CPU or CUDA (precision and torch.compile options arrive with issue 4)."""
+    """Eager (optionally ``torch.compile``-d) PyTorch on CPU or CUDA.
+
+    Reduced precision uses autocast, so the fp32 fallback is the same network without it.
+    ``channels_last`` (default on CUDA) lets cuDNN pick its NHWC convolution kernels.
+    """
 
     name = "torch"
 
-    def __init__(self, model: LoadedModel, device: str | torch.device = "cpu", precision: str = "fp32"):
+    def __init__(self, model: LoadedModel, device: str | torch.device = "cpu", precision: str = "fp32", *,
+                 channels_last: bool | None = None, compile: bool = False, force_precision: bool = False):
         self.model = model
         self.device = torch.device(device)
-        self.precision = precision
+        self.requested_precision = precision
+        self.precision, self.precision_note = resolve_precision(precision, self.device, model.fp16_safe,
+                                                                force=force_precision)
+        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        self.compiled = bool(compile)
+        self._guard = PrecisionGuard(self.precision, f"{model.name}/torch")
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         for net in model.nets.values():
-            net.to(self.device)
+            net.to(self.device, memory_format=memory_format)
+        self._forward = {s: torch.compile(net) if compile else net for s, net in model.nets.items()}
+
+    @property
+    def fp16_fallbacks(self) -> int:
+        return self._guard.fallbacks
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None = None) -> torch.Tensor:
-        net = self.model.net(scale)
+        scale = int(scale)
+        net = self._forward[scale] if scale in self._forward else self.model.net(scale)  # raises: wrong scale
         x = x.to(self.device, torch.float32)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if degradation is not None:
-            degradation = degradation.to(self.device)
-        return net(x, degradation).float()
+            degradation = degradation.to(self.device, torch.float32)
+        out = self._run(net, x, degradation, self.precision)
+        return self._guard.check(out, lambda: self._run(net, x, degradation, "fp32"))
+
+    def _run(self, net, x: torch.Tensor, degradation: torch.Tensor | None, precision: str) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=TORCH_DTYPES[precision], enabled=precision != "fp32"):
+            return net(x, degradation).float()
 
     @torch.inference_mode()
     def degradation(self, x: torch.Tensor, scale: int) -> torch.Tensor | None:
         if not self.model.needs_degradation:
             return None
         return self.model.net(scale).estimate_degradation(x.to(self.device, torch.float32))
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": str(self.device), "precision": self.precision,
+                "requested_precision": self.requested_precision, "precision_note": self.precision_note,
+                "fp16_fallbacks": self.fp16_fallbacks, "channels_last": self.channels_last,
+                "compiled": self.compiled}
