@@ -26,6 +26,7 @@ import collections
 import io
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -117,7 +118,9 @@ def sniff_format(path: Path) -> str:
 def read_torch_file(path: Path, restricted: Callable[[BinaryIO, int], Any]) -> Any:
     """``torch.load(weights_only=True)``; our restricted unpickler where that refuses."""
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # protocol-4 files load fine; torch warns that they might not
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
         pass  # a pickled module object or an unusual global: read it ourselves, still safely
     with open(path, "rb") as f:
