@@ -14,6 +14,7 @@ or static shape, the opset and the parity numbers measured against PyTorch when 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,12 @@ from srserve.models.repository import LoadedModel, sha256_file
 FORMAT = "srserve-exports/1"
 INDEX = "exports.json"
 KINDS = ("sr", "ensemble", "degradation")
+
+
+def default_cache_dir() -> Path:
+    """Where backends keep what they make themselves (on-the-fly ONNX, TensorRT engines):
+    ``$SR_CACHE_DIR``, else ``~/.cache/srserve``. A volume in the GPU container."""
+    return Path(os.environ.get("SR_CACHE_DIR") or Path.home() / ".cache" / "srserve")
 
 
 class ExportError(SRError):

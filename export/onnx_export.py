@@ -165,11 +165,6 @@ def cpu_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_session(session, names: list[str], inputs: tuple) -> torch.Tensor:
-    feeds = {n: t.detach().cpu().float().numpy() for n, t in zip(names, inputs)}
-    return torch.from_numpy(session.run(None, feeds)[0])
-
-
 # --- the reference and the comparison --------------------------------------------------------
 
 def reference(model: LoadedModel, job: GraphJob) -> Callable[[tuple], torch.Tensor]:
@@ -289,18 +284,31 @@ def real_check_image(scale: int, height: int, width: int) -> tuple[torch.Tensor,
 
 # --- one artifact ------------------------------------------------------------------------------
 
-def check_parity(model: LoadedModel, job: GraphJob, path: Path, input_names: list[str]) -> dict:
+def check_parity(model: LoadedModel, job: GraphJob, path: Path) -> dict:
     session = cpu_session(path)
+
+    def run(feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {n: t.detach().cpu().float().numpy() for n, t in feeds.items()})[0])
+
+    return check_parity_with(model, job, run, job.static_tile)
+
+
+def check_parity_with(model: LoadedModel, job: GraphJob, run: Callable[[dict], torch.Tensor],
+                      side: int | None = None, batch: int = CHECK_SHAPE[0]) -> dict:
+    """Parity of ``run`` (input name -> tensor, to the output) with PyTorch on a random batch and
+    a real image: ``side``×``side`` inputs when given (static graphs, engine profiles), else
+    shapes other than the traced one."""
     expected = reference(model, job)
-    batch, h, w = CHECK_SHAPE
-    if job.static_tile:
-        h = w = job.static_tile
-    real_h, real_w = (h, w) if job.static_tile else (REAL_SIDE, REAL_SIDE)
+    names = io_names(model, job)[0]
+    _, h, w = CHECK_SHAPE
+    if side:
+        h = w = side
+    real_h, real_w = (h, w) if side else (REAL_SIDE, REAL_SIDE)
     real, source = real_check_image(job.scale, real_h, real_w)
     results = {"criterion": criterion(job)}
     for label, inputs in (("random", example_inputs(model, job, batch, h, w)),
                           ("real", example_inputs(model, job, 1, real_h, real_w, image=real))):
-        got = run_session(session, input_names, inputs)
+        got = run(dict(zip(names, inputs)))
         results[label] = {"input": list(inputs[0].shape), **compare(job, got, expected(inputs))}
     results["real"]["source"] = source
     results["passed"] = results["random"]["passed"] and results["real"]["passed"]
@@ -324,7 +332,7 @@ def export_artifact(model: LoadedModel, job: GraphJob, folder: Path, opset: int 
         torch_export(module, example_inputs(model, job, batch, h, w), tmp, input_names, output_names,
                      dynamic_axes(inputs_meta, outputs_meta), opset)
         check_graph(tmp)
-        parity = check_parity(model, job, tmp, input_names)
+        parity = check_parity(model, job, tmp)
         if not parity["passed"]:
             raise ExportError(f"{job.file}: parity check failed ({_parity_summary(parity)}); nothing written")
         tmp.replace(final)
@@ -368,7 +376,8 @@ def export_model(model: LoadedModel, folder: str | Path, jobs: list[GraphJob], *
     folder = Path(folder)
     index = ExportIndex(folder, model.name)
     written, failures = [], []
-    bar = tqdm(jobs, desc=f"export {model.name}", unit="graph", disable=not progress, leave=False)
+    bar = tqdm(jobs, desc=f"export {model.name}", unit="graph", disable=None if progress else True,
+               leave=False)  # None: no bar when stderr is not a terminal
     for job in bar:
         bar.set_postfix_str(job.file)
         start = time.perf_counter()

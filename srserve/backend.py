@@ -86,6 +86,7 @@ class TorchBackend:
     """
 
     name = "torch"
+    selected = "requested"  # why this backend runs (create_backend's "auto" sets it)
 
     def __init__(self, model: LoadedModel, device: str | torch.device = "cpu", precision: str = "fp32", *,
                  channels_last: bool | None = None, compile: bool = False, force_precision: bool = False):
@@ -129,7 +130,7 @@ class TorchBackend:
         return self.model.net(scale).estimate_degradation(x.to(self.device, torch.float32))
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": str(self.device), "precision": self.precision,
-                "requested_precision": self.requested_precision, "precision_note": self.precision_note,
-                "fp16_fallbacks": self.fp16_fallbacks, "channels_last": self.channels_last,
-                "compiled": self.compiled}
+        return {"backend": self.name, "selected": self.selected, "device": str(self.device),
+                "precision": self.precision, "requested_precision": self.requested_precision,
+                "precision_note": self.precision_note, "fp16_fallbacks": self.fp16_fallbacks,
+                "channels_last": self.channels_last, "compiled": self.compiled}
