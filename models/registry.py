@@ -55,7 +55,8 @@ def load_network(state_dict: dict, arch: str = "auto", hparams: dict | None = No
     except SRError:
         raise
     except (ValueError, KeyError, IndexError, RuntimeError) as exc:  # malformed shapes in detect/build/load
-        raise WeightsMismatch(f"{arch} weights do not fit: {' '.join(str(exc).split())[:300]}") from None
+        named = "" if arch == "auto" else f"{arch} "
+        raise WeightsMismatch(f"{named}weights do not fit: {' '.join(str(exc).split())[:300]}") from None
 
 
 def _load_network(state_dict: dict, arch: str, hparams: dict | None) -> tuple[str, dict, nn.Module]:

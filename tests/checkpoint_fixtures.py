@@ -56,8 +56,8 @@ class Net(nn.Module):
 '''
 
 
-def save_pytorch_vdsr_modern(path: Path, workdir: Path, n_feats: int = 8, n_blocks: int = 3) -> dict:
-    """Writes the checkpoint; returns the network's state dict (the expected weights)."""
+def save_pytorch_vdsr_modern(path: Path, workdir: Path, n_feats: int = 8, n_blocks: int = 3) -> torch.nn.Module:
+    """Writes the checkpoint; returns the pickled ``vdsr.Net`` (still usable, its module gone)."""
     module_dir = workdir / "throwaway_vdsr_module"
     module_dir.mkdir(parents=True, exist_ok=True)
     (module_dir / "vdsr.py").write_text(VDSR_SOURCE)
@@ -65,15 +65,14 @@ def save_pytorch_vdsr_modern(path: Path, workdir: Path, n_feats: int = 8, n_bloc
     try:
         vdsr = importlib.import_module("vdsr")
         torch.manual_seed(0)
-        net = vdsr.Net(n_feats, n_blocks)
-        expected = {k: v.clone() for k, v in net.state_dict().items()}
+        net = vdsr.Net(n_feats, n_blocks).eval()
         torch.save({"epoch": 50, "model": net}, path, _use_new_zipfile_serialization=False, pickle_protocol=2)
     finally:
         sys.path.remove(str(module_dir))
         sys.modules.pop("vdsr", None)
     (module_dir / "vdsr.py").unlink()  # nothing may import it while the file is loaded
     rewrite_locations_to_cuda(path)
-    return expected
+    return net
 
 
 def rewrite_locations_to_cuda(path: Path) -> None:

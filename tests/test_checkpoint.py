@@ -83,7 +83,7 @@ def test_pickled_module_object(tmp_path, zip_format, protocol):
 def test_pytorch_vdsr_saved_by_todays_torch_with_cuda_storages(tmp_path):
     """pytorch-vdsr's {'epoch', 'model': vdsr.Net} in the legacy format, protocol 2, CUDA storages,
     and a class module that cannot be imported when loading."""
-    expected = save_pytorch_vdsr_modern(tmp_path / "model_epoch_50.pth", tmp_path)
+    expected = save_pytorch_vdsr_modern(tmp_path / "model_epoch_50.pth", tmp_path).state_dict()
     raw = (tmp_path / "model_epoch_50.pth").read_bytes()
     assert b"torch.cuda\nFloatStorage" in raw and b"cuda:0" in raw and b"vdsr\nNet" in raw
     state = load_checkpoint(tmp_path / "model_epoch_50.pth")
