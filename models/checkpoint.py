@@ -51,6 +51,7 @@ STORAGE_DTYPES = {
     "BoolStorage": torch.bool, "ComplexFloatStorage": torch.complex64,
     "ComplexDoubleStorage": torch.complex128, "UntypedStorage": torch.uint8,
 }
+FORMAT_NAMES = {"safetensors": "safetensors", "torch-zip": "PyTorch zip", "pickle": "PyTorch legacy or pickle"}
 STORAGE_MODULES = ("torch", "torch.cuda")  # the location (cpu, cuda:0...) is ignored: always CPU
 
 
@@ -73,6 +74,8 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         return extract_state_dict(read_checkpoint(path))
     except CheckpointError as exc:
         raise type(exc)(f"{path.name}: {exc}") from None
+    except OSError as exc:  # unreadable (permissions, I/O error)
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def read_checkpoint(path: Path) -> Any:
@@ -90,9 +93,6 @@ def read_checkpoint(path: Path) -> Any:
         raise
     except Exception as exc:  # corrupt bytes surface as any exception type, from torch or pickle
         raise CheckpointError(f"truncated or corrupt {FORMAT_NAMES[fmt]} file ({one_line(exc)})") from None
-
-
-FORMAT_NAMES = {"safetensors": "safetensors", "torch-zip": "PyTorch zip", "pickle": "PyTorch legacy or pickle"}
 
 
 def sniff_format(path: Path) -> str:
