@@ -232,6 +232,12 @@ def tensor_of(data: Any, *_ignored: Any) -> torch.Tensor:
     return data
 
 
+def rebuild_from_type(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
+    """``_rebuild_from_type_v2``: a tensor carrying Python attributes; rebuilt plain (type and
+    attributes dropped), and ``func`` is held to ``SAFE_CALLS`` like any REDUCE."""
+    return call(func, args)
+
+
 def ordered_dict(*args: Any) -> collections.OrderedDict:
     """Python 3 pickles ``OrderedDict()`` then SETITEMS; Python 2 passes ``[[key, value], ...]``."""
     if len(args) > 1 or (args and not isinstance(args[0], (list, tuple))):
@@ -281,6 +287,7 @@ SAFE_CALLS = {
         "torch._utils._rebuild_tensor_v2": rebuild_tensor,
         "torch._utils._rebuild_parameter": tensor_of,
         "torch._utils._rebuild_parameter_with_state": tensor_of,
+        "torch._tensor._rebuild_from_type_v2": rebuild_from_type,
         "torch.nn.parameter.Parameter": tensor_of,
         "torch.autograd.variable.Variable": tensor_of,
         "torch.Size": torch_size,

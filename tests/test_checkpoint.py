@@ -48,6 +48,8 @@ def tiny_module() -> TinyModule:
     net = TinyModule()
     net.body[1].running_mean.normal_()
     net.body[1].num_batches_tracked += 3
+    net.conv.weight.note = "pickled via _rebuild_parameter_with_state"
+    net.body[1].running_mean.note = "pickled via _rebuild_from_type_v2"
     return net
 
 
