@@ -1,0 +1,405 @@
+"""Cross-request tile batching: queues per (model, scale, tile shape, precision), one scheduler
+per device with a dedicated inference thread.
+
+Every image of every request is cut into tiles (``pipeline.tiling``); each tile (each of its 8
+transformed copies with self-ensemble) becomes a ``TileJob`` in the queue of its ``BatchKey``.
+Tiles of any request with the same key stack into one backend call.
+
+* **Batches**: the scheduler thread serves a queue when it holds ``max_batch`` tiles or its
+  oldest tile has waited ``max_delay``; between ready queues it takes the one waiting longest
+  since it was last served (round-robin across models and shapes).
+* **Fairness**: inside a queue the tiles sit in one lane per request and a batch takes one tile
+  per lane in turn, so a 500-tile image and a 1-tile image share every batch.
+* **Cancellation**: a cancelled or expired request's lanes are removed; tiles already in a
+  running batch are computed and dropped.
+* **Scatter**: outputs go to a single collector thread, which undoes the ensemble transforms,
+  averages the 8 copies in the pipeline's order (``ensemble.run_ensemble``) and stitches
+  (``tiling.Stitcher``), while the inference thread already runs the next batch. The result of
+  a request is therefore the same whatever it was batched with, up to float rounding of
+  different batch sizes.
+* **One-off calls** (DASR's per-image degradation vector, warm-up) run on the same thread,
+  ahead of the queued tiles, so the device is only ever used by one thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Protocol
+
+import torch
+
+from srserve.pipeline import OutOfMemory
+from srserve.pipeline.ensemble import Transform, apply_transform, invert_transform
+from srserve.pipeline.memory import is_out_of_memory
+from srserve.pipeline.tiling import Stitcher, Tile, TilePlan, extract_tile
+
+from .metrics import Metrics
+
+log = logging.getLogger("srserve.service")
+
+_ticket_ids = itertools.count(1)
+
+
+class Runner(Protocol):
+    """What the scheduler needs of a served model."""
+
+    name: str
+    backend_name: str
+    precision: str
+
+    def run_tiles(self, windows: torch.Tensor, scales: list[int], degradation: torch.Tensor | None
+                  ) -> list[torch.Tensor]: ...
+
+    def queue_scale(self, scale: int) -> int | None: ...
+
+
+class BatchKey(NamedTuple):
+    model: str
+    scale: int | None  # None: MDSR tiles of every scale share the body (see ServedModel)
+    tile_shape: tuple[int, int]
+    precision: str
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One HTTP request as the scheduler sees it."""
+
+    deadline: float  # time.monotonic()
+    id: int = field(default_factory=lambda: next(_ticket_ids))
+    cancelled: bool = False
+    inference_s: float = 0.0  # this request's share of the backend time of its batches
+
+    def dropped(self, now: float) -> bool:
+        return self.cancelled or now > self.deadline
+
+
+class ImageWork:
+    """One image (colour, or alpha) of a request through one model at one scale.
+
+    Tiles are extracted when their batch forms; outputs are stitched by the collector thread
+    (the only thread touching ``stitcher``/``slots``); the asyncio future gets the result.
+    """
+
+    def __init__(self, ticket: Ticket, model: Runner, x: torch.Tensor, plan: TilePlan,
+                 degradation: torch.Tensor | None, transforms: list[Transform], loop: asyncio.AbstractEventLoop):
+        self.ticket = ticket
+        self.model = model
+        self.x = x
+        self.plan = plan
+        self.scale = plan.scale
+        self.degradation = degradation
+        self.transforms = transforms
+        self.stitcher = Stitcher(plan, channels=x.shape[1])
+        self.slots: dict[int, list[torch.Tensor | None]] = {}
+        self.remaining = len(plan.tiles) * len(transforms)
+        self.loop = loop
+        self.future: asyncio.Future = loop.create_future()
+
+    @property
+    def tile_jobs(self) -> int:
+        return len(self.plan.tiles) * len(self.transforms)
+
+    def window(self, tile: Tile, transform: int) -> torch.Tensor:
+        return apply_transform(extract_tile(self.x, tile.window), self.transforms[transform])
+
+    def add(self, tile: Tile, transform: int, out: torch.Tensor) -> None:
+        """One tile output (collector thread); completes the future after the last one."""
+        if self.future_done:
+            return
+        out = invert_transform(out, self.transforms[transform])
+        if len(self.transforms) == 1:
+            self.stitcher.add(tile, out)
+        else:
+            slots = self.slots.setdefault(tile.index, [None] * len(self.transforms))
+            slots[transform] = out
+            if all(s is not None for s in slots):
+                acc = slots[0]
+                for s in slots[1:]:  # the order of ensemble.run_ensemble: same sum, same rounding
+                    acc = acc + s
+                self.stitcher.add(tile, acc / len(slots))
+                del self.slots[tile.index]
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.resolve(self.stitcher.result().clamp_(0, 1))
+
+    @property
+    def future_done(self) -> bool:
+        return self.future.done()
+
+    def resolve(self, result: torch.Tensor) -> None:
+        self.loop.call_soon_threadsafe(_set_result, self.future, result)
+
+    def fail(self, exc: BaseException) -> None:
+        self.loop.call_soon_threadsafe(_set_exception, self.future, exc)
+
+
+def _set_result(future: asyncio.Future, value) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+@dataclass(eq=False)
+class TileJob:
+    work: ImageWork
+    tile: Tile
+    transform: int
+    enqueued: float
+
+
+class TileQueue:
+    """The tiles of one ``BatchKey``, one lane (deque) per request, served round-robin."""
+
+    def __init__(self, key: BatchKey, model: Runner):
+        self.key = key
+        self.model = model
+        self.lanes: OrderedDict[int, deque[TileJob]] = OrderedDict()
+        self.size = 0
+        self.last_served = 0.0
+
+    def push(self, ticket: Ticket, jobs: list[TileJob]) -> None:
+        self.lanes.setdefault(ticket.id, deque()).extend(jobs)
+        self.size += len(jobs)
+
+    def oldest(self) -> float:
+        """Enqueue time of the oldest waiting tile (each lane is in arrival order)."""
+        return min(lane[0].enqueued for lane in self.lanes.values())
+
+    def waiting_since(self) -> float:
+        """Priority between queues: time since the queue was served or its oldest tile came."""
+        return max(self.oldest(), self.last_served)
+
+    def take(self, n: int, now: float) -> tuple[list[TileJob], list[TileJob]]:
+        """Up to ``n`` live tiles, one per lane in turn; also returns the dropped ones."""
+        batch: list[TileJob] = []
+        dropped: list[TileJob] = []
+        while len(batch) < n and self.lanes:
+            ticket_id, lane = next(iter(self.lanes.items()))
+            job = lane.popleft()
+            self.size -= 1
+            if lane:
+                self.lanes.move_to_end(ticket_id)
+            else:
+                del self.lanes[ticket_id]
+            (dropped if job.work.ticket.dropped(now) else batch).append(job)
+        self.last_served = now
+        return batch, dropped
+
+    def remove(self, ticket: Ticket) -> list[TileJob]:
+        lane = self.lanes.pop(ticket.id, None)
+        if not lane:
+            return []
+        self.size -= len(lane)
+        return list(lane)
+
+
+class Scheduler:
+    """Forms batches from the queues of one device and runs them on one inference thread."""
+
+    def __init__(self, device: torch.device, max_batch: int, max_delay_s: float, metrics: Metrics):
+        self.device = device
+        self.max_batch = max(1, int(max_batch))
+        self.max_delay_s = max(0.0, float(max_delay_s))
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._queues: dict[BatchKey, TileQueue] = {}
+        self._calls: deque[tuple[Callable[[], object], Future]] = deque()
+        self._queued = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"sr-inference-{device}", daemon=True)
+        self._collector = ThreadPoolExecutor(1, thread_name_prefix="sr-stitch")
+        self.batches_run = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._collector.shutdown(wait=True)
+
+    # --- the event loop's side ----------------------------------------------------------------
+    @property
+    def queued_tiles(self) -> int:
+        return self._queued
+
+    def submit(self, work: ImageWork) -> None:
+        """Queues every tile (and ensemble copy) of ``work``."""
+        now = time.monotonic()
+        by_key: dict[BatchKey, list[TileJob]] = {}
+        scale = work.model.queue_scale(work.scale)
+        for tile in work.plan.tiles:
+            for t, transform in enumerate(work.transforms):
+                shape = work.plan.tile_shape[::-1] if transform[0] else work.plan.tile_shape
+                key = BatchKey(work.model.name, scale, tuple(shape), work.model.precision)
+                by_key.setdefault(key, []).append(TileJob(work, tile, t, now))
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the scheduler is stopped")
+            for key, jobs in by_key.items():
+                queue = self._queues.get(key)
+                if queue is None:
+                    queue = self._queues[key] = TileQueue(key, work.model)
+                queue.push(work.ticket, jobs)
+                self._queued += len(jobs)
+            self._cond.notify()
+        self.metrics.queue_depth.labels(work.model.name, str(work.scale)).inc(work.tile_jobs)
+
+    def cancel(self, ticket: Ticket) -> int:
+        """Drops the queued tiles of a request; returns how many."""
+        ticket.cancelled = True
+        with self._cond:
+            removed = [job for queue in self._queues.values() for job in queue.remove(ticket)]
+            self._queued -= len(removed)
+            for key in [key for key, queue in self._queues.items() if not queue.size]:
+                del self._queues[key]
+        self._count_dequeued(removed)
+        return len(removed)
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Runs ``fn`` on the inference thread before any further batch."""
+        future: Future = Future()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the scheduler is stopped")
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future
+
+    async def call_async(self, fn: Callable[[], object]):
+        return await asyncio.wrap_future(self.call(fn))
+
+    # --- the inference thread ------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                item = self._next_item()
+                if item is None:
+                    return
+            kind, payload = item
+            if kind == "call":
+                self._run_call(*payload)
+            else:
+                self._run_batch(*payload)
+
+    def _next_item(self):
+        """Waits (lock held) for a call or a ready batch; None when stopping with nothing left."""
+        while True:
+            if self._calls:
+                return "call", self._calls.popleft()
+            if self._stopping and not self._queued:
+                return None
+            now = time.monotonic()
+            queue, wait = self._pick(now)
+            if queue is not None:
+                batch, dropped = queue.take(self.max_batch, now)
+                self._queued -= len(batch) + len(dropped)
+                if not queue.size:
+                    del self._queues[queue.key]
+                self._count_dequeued(batch + dropped)
+                if batch:
+                    return "batch", (queue, batch, now)
+                continue
+            self._cond.wait(wait)
+
+    def _pick(self, now: float) -> tuple[TileQueue | None, float | None]:
+        """The ready queue waiting longest, else how long until the next one is due."""
+        best, best_since, next_due = None, None, None
+        for queue in self._queues.values():
+            oldest = queue.oldest()
+            if queue.size >= self.max_batch or now - oldest >= self.max_delay_s or self._stopping:
+                since = queue.waiting_since()
+                if best is None or since < best_since:
+                    best, best_since = queue, since
+            else:
+                due = oldest + self.max_delay_s - now
+                next_due = due if next_due is None else min(next_due, due)
+        return best, (None if best is not None else next_due)
+
+    def _count_dequeued(self, jobs: list[TileJob]) -> None:
+        counts: dict[tuple[str, int], int] = {}
+        for job in jobs:
+            key = (job.work.model.name, job.work.scale)
+            counts[key] = counts.get(key, 0) + 1
+        for (name, scale), n in counts.items():
+            self.metrics.queue_depth.labels(name, str(scale)).dec(n)
+
+    def _run_call(self, fn: Callable[[], object], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
+            future.set_exception(exc)
+
+    def _run_batch(self, queue: TileQueue, jobs: list[TileJob], started: float) -> None:
+        model = queue.model
+        scales = [job.work.scale for job in jobs]
+        scale_label = str(scales[0]) if len(set(scales)) == 1 else "mixed"
+        for job in jobs:
+            self.metrics.queue_wait.labels(model.name, str(job.work.scale), model.backend_name).observe(
+                started - job.enqueued)
+        try:
+            outputs = self._run_splitting(model, jobs)
+        except Exception as exc:  # noqa: BLE001 - the requests fail, the server goes on
+            if not isinstance(exc, OutOfMemory):
+                log.exception("batch of %d tiles of %s failed", len(jobs), model.name)
+            for work in {id(job.work): job.work for job in jobs}.values():
+                work.fail(exc)
+            return
+        elapsed = time.monotonic() - started
+        self.batches_run += 1
+        self.metrics.inference.labels(model.name, scale_label, model.backend_name).observe(elapsed)
+        self.metrics.batch_size.labels(model.name, model.backend_name).observe(len(jobs))
+        for job in jobs:
+            job.work.ticket.inference_s += elapsed / len(jobs)
+        self._collector.submit(self._scatter, jobs, outputs)
+
+    def _run_splitting(self, model: Runner, jobs: list[TileJob]) -> list[torch.Tensor]:
+        """Runs a batch; out of memory halves it (down to one tile, then ``OutOfMemory``)."""
+        try:
+            return self._run_tiles(model, jobs)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+            if not is_out_of_memory(exc):
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(jobs) == 1:
+                raise OutOfMemory(f"out of memory running one {'×'.join(map(str, jobs[0].work.plan.tile_shape))} "
+                                  f"tile of {model.name}; lower tile_size or max_batch_tiles") from None
+            half = len(jobs) // 2
+            log.warning("out of memory with %d tiles of %s; splitting the batch", len(jobs), model.name)
+            return self._run_splitting(model, jobs[:half]) + self._run_splitting(model, jobs[half:])
+
+    def _run_tiles(self, model: Runner, jobs: list[TileJob]) -> list[torch.Tensor]:
+        windows = torch.stack([job.work.window(job.tile, job.transform) for job in jobs])
+        degradation = None
+        if jobs[0].work.degradation is not None:
+            degradation = torch.cat([job.work.degradation for job in jobs])
+        return model.run_tiles(windows, [job.work.scale for job in jobs], degradation)
+
+    def _scatter(self, jobs: list[TileJob], outputs: list[torch.Tensor]) -> None:
+        """Collector thread: each output to its image."""
+        for job, out in zip(jobs, outputs):
+            work = job.work
+            if work.ticket.cancelled or work.future_done:
+                continue
+            try:
+                work.add(job.tile, job.transform, out)
+            except Exception as exc:  # noqa: BLE001 - a stitching bug fails one request, not the thread
+                log.exception("stitching a tile of %s failed", work.model.name)
+                work.fail(exc)
