@@ -28,9 +28,9 @@ KINDS = ("sr", "ensemble", "degradation")
 
 
 def default_cache_dir() -> Path:
-    """Where backends keep what they make themselves (on-the-fly ONNX, TensorRT engines):
-    ``$SR_CACHE_DIR``, else ``~/.cache/srserve``. A volume in the GPU container."""
-    return Path(os.environ.get("SR_CACHE_DIR") or Path.home() / ".cache" / "srserve")
+    """Where backends keep what they make themselves (TensorRT engines, on-the-fly ONNX graphs):
+    ``$SR_ENGINE_CACHE`` (a volume in the containers), else ``~/.cache/srserve``."""
+    return Path(os.environ.get("SR_ENGINE_CACHE") or Path.home() / ".cache" / "srserve")
 
 
 class ExportError(SRError):

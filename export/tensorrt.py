@@ -45,7 +45,7 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise EngineError("tensorrt is not installed (it is part of the GPU image: pip install 'tensorrt-cu12>=10,<11')") from None
+        raise EngineError("tensorrt is not installed (TensorRT 10 comes with the GPU image, see docker/requirements-gpu.txt)") from None
     major = int(tensorrt.__version__.split(".")[0])
     if major < 10:
         raise EngineError(f"TensorRT {tensorrt.__version__} is too old; srserve uses the TensorRT 10 API")

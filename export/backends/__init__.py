@@ -66,7 +66,8 @@ def load_model(model: LoadedModel | str, repository: str | Path | None, scales: 
 
 def create_backend(model: LoadedModel | str, backend: str = "auto", *, repository: str | Path | None = None,
                    device: str | torch.device = "cpu", precision: str = "fp32", scales: list[int] | None = None,
-                   self_ensemble: bool = False, compile: bool = False, threads: int | None = None,
+                   self_ensemble: bool = False, compile: bool = False, channels_last: bool | None = None,
+                   threads: int | None = None,
                    cache_dir: str | Path | None = None, export_missing: bool = True, tile: int | None = None,
                    max_batch: int = DEFAULT_MAX_BATCH, force_precision: bool = False) -> Backend:
     """A ready backend for ``model`` (a ``LoadedModel`` or a repository name).
@@ -74,7 +75,8 @@ def create_backend(model: LoadedModel | str, backend: str = "auto", *, repositor
     ``precision``: fp32/fp16/bf16; reduced precision runs only on CUDA for fp16-safe models
     unless ``force_precision``. ``tile``: the core tile size the pipeline will use (sets the
     TensorRT profiles; default: the model's default tiling). ``self_ensemble``: also load the
-    in-graph ensemble (``run_ensemble``) where the backend has one. ``compile``: torch.compile.
+    in-graph ensemble (``run_ensemble``) where the backend has one. ``compile``/``channels_last``:
+    torch only (channels_last defaults to on for CUDA). ``threads``: onnxruntime's CPU threads.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -88,17 +90,18 @@ def create_backend(model: LoadedModel | str, backend: str = "auto", *, repositor
         reason = f"auto: {reason}"
     log.info("model %s: backend %s (%s)", loaded.name, backend, reason)
     result = _create(backend, loaded, device, precision, self_ensemble=self_ensemble, compile=compile,
-                     threads=threads, cache_dir=cache_dir, export_missing=export_missing, tile=tile,
-                     max_batch=max_batch, force_precision=force_precision)
+                     channels_last=channels_last, threads=threads, cache_dir=cache_dir,
+                     export_missing=export_missing, tile=tile, max_batch=max_batch, force_precision=force_precision)
     result.selected = reason
     return result
 
 
 def _create(backend: str, model: LoadedModel, device: torch.device, precision: str, *, self_ensemble: bool,
-            compile: bool, threads: int | None, cache_dir, export_missing: bool, tile: int | None, max_batch: int,
-            force_precision: bool) -> Backend:
+            compile: bool, channels_last: bool | None, threads: int | None, cache_dir, export_missing: bool,
+            tile: int | None, max_batch: int, force_precision: bool) -> Backend:
     if backend == "torch":
-        return TorchBackend(model, device, precision, compile=compile, force_precision=force_precision)
+        return TorchBackend(model, device, precision, compile=compile, channels_last=channels_last,
+                            force_precision=force_precision)
     if backend == "onnxruntime":
         if not _onnxruntime_installed():
             raise BackendError("onnxruntime is not installed (pip install 'srserve[export]')")

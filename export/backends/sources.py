@@ -1,7 +1,7 @@
 """Where the ONNX/TensorRT backends get their graphs: trusted artifacts, else an export on the fly.
 
 Lookup order for a graph (kind, scale, precision): the model's repository folder (written by
-``srserve export``), then the cache (``$SR_CACHE_DIR/onnx/NAME``). An artifact is used only if
+``srserve export``), then the cache (``$SR_ENGINE_CACHE/onnx/NAME``). An artifact is used only if
 ``ExportIndex.usable`` accepts it (file present, sha256 as recorded, exported from the current
 weights). When neither has one, the graph is exported into the cache with the same parity
 check as ``srserve export`` (``export_missing=True``, the default) — the repository may be a

@@ -62,7 +62,7 @@ def add_arguments(p) -> None:
     p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository to DIR")
     p.add_argument("--triton-instance", choices=["KIND_GPU", "KIND_CPU"], default="KIND_GPU",
                    help="Triton instance_group kind (default KIND_GPU)")
-    p.add_argument("--cache-dir", metavar="DIR", help="engine cache (default: $SR_CACHE_DIR or ~/.cache/srserve)")
+    p.add_argument("--cache-dir", metavar="DIR", help="engine cache (default: $SR_ENGINE_CACHE or ~/.cache/srserve)")
     p.add_argument("--device", default="cuda", help="GPU for TensorRT builds (default cuda)")
     p.add_argument("--no-tf32", action="store_true", help="TensorRT: strict fp32 layers (no TF32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
