@@ -13,15 +13,16 @@ The API the pipeline and the server's cross-request batching share::
 Geometry (all boxes in LR pixels of the *padded* image, see ``align``):
 
 * ``tile_size`` is the side of the region a tile *owns* (its ``core``); the cores split the
-  image evenly in a grid, each at most ``tile_size``. ``margin`` is the context each tile sees
-  around its core. The ``window`` a tile runs on has the same shape for every tile of a plan:
-  ``min(extent, tile_size + 2·margin)`` per axis.
+  image evenly in a grid, each at most ``tile_size``. ``margin`` is the context every output
+  pixel a tile contributes has (``feather`` widens what a tile contributes, see below). The
+  ``window`` a tile runs on has the same shape for every tile of a plan:
+  ``min(extent, tile_size + 2·(margin + feather))`` per axis.
 * Tiles at the image border are **shifted inward instead of padded**: the window stays inside
   the image, so a border tile sees exactly the true border the whole-image run sees (zero
   padding inside each conv there) and gets the missing context from the interior side. Padding
   a tile would put content where the untiled run has zero padding and change its border pixels.
-  Hence every plan's tiles share one shape, and every image at least ``tile_size + 2·margin``
-  on both sides gives the same ``tile_shape``, so tiles of different images batch together
+  Hence every plan's tiles share one shape, and every image at least as large as a window on
+  both sides gives the same ``tile_shape``, so tiles of different images batch together
   (queue key: model, scale, ``plan.tile_shape``, precision). A smaller image is one tile of its
   own size along that axis; batch it only with tiles of equal shape.
 * ``align`` (RRDBNet ×2/×1 pixel-unshuffle by 2/4): the image is reflect-padded at the bottom
@@ -31,8 +32,10 @@ Geometry (all boxes in LR pixels of the *padded* image, see ``align``):
 * ``feather == 0``: crop-stitch, each tile writes its core; with ``margin`` ≥ the receptive
   radius this equals the untiled output up to float rounding. ``feather > 0`` (``margin`` below
   the radius, e.g. RRDBNet): neighbouring tiles overlap by ``2·feather`` LR pixels around each
-  core boundary and are cross-faded with linear ramps that sum to one, so no seam is visible and
-  each output pixel comes from a tile whose window extends at least ``margin - feather`` past it.
+  core boundary and are cross-faded with linear ramps that sum to one, so the small residual
+  error of a short margin has no step at the seams. The cross-fade zone gets its own context
+  on top of the margin: a pixel next to a window edge is wrong by far more than its ramp weight
+  can hide (measured), so every pixel with a non-zero weight keeps ``margin`` of context.
 
 Tiles carry no pixels and no request state; the caller pairs them with its request (and its
 DASR degradation vector: one per image, the same for all its tiles, see ``pipeline.degradation``).
@@ -51,8 +54,13 @@ MIN_DEFAULT_TILE = 128
 MAX_DEFAULT_TILE = 512
 TILE_QUANTUM = 16
 
-# Measured effective receptive radius (LR pixels) for architectures whose theoretical radius is
-# far too large to cover with a margin. See ``bench/receptive_field.py`` and README "Upscaling".
+# Margins up to this cover the theoretical receptive radius (crop-stitch, exact): every EDSR,
+# MDSR, DASR and VDSR configuration, and reduced RRDBNets. Beyond it (RRDBNet's 23-block trunk:
+# 348 LR px at x4) a margin that large would make every window mostly context.
+MAX_EXACT_MARGIN = 128
+# Measured effective receptive radius used instead, with blending, in pixels of the network's
+# trunk (= LR pixels for RRDBNet x4; x2/x1 unshuffle by u = 2/4, so u times as many LR pixels).
+# See ``bench/receptive_field.py`` and README "Upscaling".
 EFFECTIVE_RADIUS = {"rrdbnet": 24}
 
 
@@ -162,9 +170,9 @@ def _model_of(model_or_backend):
 def default_tiling(model_or_backend, scale: int, *, exact: bool = False) -> TilingConfig:
     """Tile size, margin and stitching mode for a ``LoadedModel`` (or a backend holding one).
 
-    Margin: the theoretical receptive radius (crop-stitch, exact) unless the architecture has a
-    measured effective radius that is smaller (RRDBNet: blend with a feather of half the margin).
-    ``exact=True`` always uses the theoretical radius and crop-stitch.
+    Margin: the theoretical receptive radius (crop-stitch, exact) when it is at most
+    ``MAX_EXACT_MARGIN``; otherwise the architecture's measured effective radius, blended with a
+    feather of half the margin. ``exact=True`` always uses the theoretical radius and crop-stitch.
     """
     model = _model_of(model_or_backend)
     align = tile_alignment(model.architecture, scale)
@@ -172,7 +180,7 @@ def default_tiling(model_or_backend, scale: int, *, exact: bool = False) -> Tili
     exact_margin = ceil_to(radius, align)
     margin, feather = exact_margin, 0
     effective = EFFECTIVE_RADIUS.get(model.architecture)
-    if not exact and effective is not None:
+    if not exact and effective is not None and exact_margin > MAX_EXACT_MARGIN:
         effective_margin = ceil_to(effective * align, align)
         if effective_margin < exact_margin:
             margin, feather = effective_margin, effective_margin // 2
@@ -207,7 +215,7 @@ def plan_tiles(height: int, width: int, scale: int, tile_size: int, margin: int,
     """Plans the tiles of an ``height × width`` LR image (see the module docstring).
 
     ``tile_size <= 0`` means one tile covering the whole image. ``margin`` and ``tile_size`` are
-    rounded up to ``align``; ``feather`` is clipped to the margin and to half the smallest core.
+    rounded up to ``align``; ``feather`` is clipped to half the smallest core.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"empty image {height}×{width}")
@@ -218,26 +226,27 @@ def plan_tiles(height: int, width: int, scale: int, tile_size: int, margin: int,
     tile_size = ceil_to(max(int(tile_size), 1), align)
     margin = ceil_to(max(int(margin), 0), align)
     rows, cols = _split_axis(ph, tile_size, align), _split_axis(pw, tile_size, align)
-    th, tw = min(ph, tile_size + 2 * margin), min(pw, tile_size + 2 * margin)
     smallest_core = min(b - a for a, b in rows + cols)
-    feather = max(0, min(int(feather), margin, smallest_core // 2))
+    feather = max(0, min(int(feather), smallest_core // 2))
+    context = margin + ceil_to(feather, align)
+    th, tw = min(ph, tile_size + 2 * context), min(pw, tile_size + 2 * context)
     tiles = []
     for row in rows:
         wy, ry = _window_axis(row, ph, th, align), _region_axis(row, ph, feather)
         for col in cols:
             wx, rx = _window_axis(col, pw, tw, align), _region_axis(col, pw, feather)
             tile = Tile(len(tiles), Box(*wy, *wx), Box(*row, *col), Box(*ry, *rx))
-            _check_context(tile, ph, pw, margin)
+            _check_context(tile, ph, pw, context)
             tiles.append(tile)
     return TilePlan(height, width, ph, pw, int(scale), tile_size, margin, feather, align, (th, tw), tuple(tiles))
 
 
-def _check_context(tile: Tile, ph: int, pw: int, margin: int) -> None:
+def _check_context(tile: Tile, ph: int, pw: int, context: int) -> None:
     w, c = tile.window, tile.core
-    ok = (w.top <= max(0, c.top - margin) and w.bottom >= min(ph, c.bottom + margin)
-          and w.left <= max(0, c.left - margin) and w.right >= min(pw, c.right + margin))
+    ok = (w.top <= max(0, c.top - context) and w.bottom >= min(ph, c.bottom + context)
+          and w.left <= max(0, c.left - context) and w.right >= min(pw, c.right + context))
     if not ok:  # a planning bug, never user input
-        raise AssertionError(f"tile {tile} lacks its {margin}px context")
+        raise AssertionError(f"tile {tile} lacks its {context}px context")
 
 
 def _reflect_indices(start: int, end: int, length: int) -> torch.Tensor:
