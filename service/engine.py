@@ -36,7 +36,7 @@ from srserve.pipeline.tiling import TilePlan, TilingConfig, default_tiling, plan
 
 from .batching import ImageWork, Scheduler, Ticket
 from .config import ConfigError, Settings
-from .errors import Unavailable
+from .errors import InvalidParameter, Unavailable
 from .metrics import Metrics
 
 log = logging.getLogger("srserve.service")
@@ -239,6 +239,8 @@ class Engine:
 
     def output_size(self, model: ServedModel, decoded: Decoded, scale: int | None, outscale: float | None
                     ) -> OutputSize:
+        if scale is not None and scale not in model.scales:
+            raise InvalidParameter(f"model {model.name!r} serves scales {model.scales}, not x{scale}")
         raster = decoded.raster
         return resolve_output_size(raster.height, raster.width, model.scales, scale=scale, outscale=outscale)
 

@@ -1,0 +1,99 @@
+"""Shared pieces of the service tests: a tiny random-weight repository, test images, an app
+running in-process (httpx over ASGI) with its lifespan, and PNG decoding."""
+from __future__ import annotations
+
+import io
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from pipeline_nets import tiny_repository
+from srserve.service.app import create_app
+from srserve.service.config import Settings
+
+# small enough for a 2-core CPU; every architecture family and both MDSR-style multi-scale models
+MODELS = ("edsr", "mdsr", "dasr", "vdsr", "rrdb2")
+TILE = 16  # small tiles so that every test image is several tiles
+
+
+def make_repository(root: Path) -> Path:
+    tiny_repository(root, names=MODELS)
+    return root
+
+
+def service_settings(repository: Path, **overrides) -> Settings:
+    values = dict(repository=repository, tile_size=TILE, max_batch_tiles=4, max_delay_ms=20, drain_timeout_s=30)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def image_array(height: int, width: int, channels: int = 3, seed: int = 0, dtype=np.uint8) -> np.ndarray:
+    """Smooth shapes plus noise: structure at several scales, like a photo, reproducible."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = [0.5 + 0.4 * np.sin(xx / (3 + 2 * c + seed % 3) + yy / (5 + c)) for c in range(channels)]
+    a = np.stack(base, axis=-1) + rng.normal(0, 0.05, (height, width, channels))
+    top = np.iinfo(dtype).max
+    return np.clip(np.rint(a * top), 0, top).astype(dtype)
+
+
+def encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels, mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def image_bytes(height: int, width: int, channels: int = 3, seed: int = 0, fmt: str = "PNG") -> bytes:
+    return encode(image_array(height, width, channels, seed), fmt)
+
+
+def decode(data: bytes) -> np.ndarray:
+    a = np.asarray(Image.open(io.BytesIO(data)))
+    return (a[..., None] if a.ndim == 2 else a).astype(np.int16)
+
+
+def max_diff(a: bytes, b: bytes) -> int:
+    x, y = decode(a), decode(b)
+    assert x.shape == y.shape, (x.shape, y.shape)
+    return int(np.abs(x - y).max())
+
+
+@asynccontextmanager
+async def running_app(settings: Settings, *, wait_ready: bool = True):
+    """The app with its lifespan (startup, drain, shutdown) and an httpx client over ASGI."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        service = app.state.service
+        if wait_ready:
+            await service.wait_started()
+            assert service.state == "ready", service.failure
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://srserve.test", timeout=120) as client:
+            yield app, client
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def metric_sum(text: str, name: str, **labels) -> float:
+    """Sum over every sample of ``name`` matching ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += float(sample.value)
+    return total

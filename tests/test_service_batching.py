@@ -1,0 +1,215 @@
+"""The scheduler on its own, with a recording runner: batch formation (size and delay), fair
+round-robin across requests and queues, cancellation, self-ensemble assembly, out-of-memory
+splitting. The runner upscales by pixel repetition, so every expected output is exact."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from srserve.pipeline import OutOfMemory
+from srserve.pipeline.ensemble import ENSEMBLE_TRANSFORMS, IDENTITY
+from srserve.pipeline.tiling import plan_tiles
+from srserve.service.batching import ImageWork, Scheduler, Ticket
+from srserve.service.metrics import Metrics
+
+
+class RecordingRunner:
+    """Nearest-neighbour x``scale``; records every batch as (ticket ids, scales)."""
+
+    backend_name = "fake"
+    precision = "fp32"
+
+    def __init__(self, name: str = "fake", delay: float = 0.0, oom_above: int | None = None):
+        self.name = name
+        self.delay = delay
+        self.oom_above = oom_above
+        self.batches: list[list[int]] = []
+        self.current: list = []
+        self.lock = threading.Lock()
+
+    def queue_scale(self, scale: int) -> int:
+        return scale
+
+    def run_tiles(self, windows, scales, degradation):
+        if self.oom_above is not None and len(windows) > self.oom_above:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        time.sleep(self.delay)
+        with self.lock:
+            self.batches.append(list(self.current))
+        s = scales[0]
+        return list(windows.repeat_interleave(s, -1).repeat_interleave(s, -2))
+
+
+class TaggingScheduler(Scheduler):
+    """Lets the runner know which requests a batch holds."""
+
+    def _run_tiles(self, model, jobs):
+        model.current = [job.work.ticket.id for job in jobs]
+        return super()._run_tiles(model, jobs)
+
+
+def make_work(runner, loop, h: int, w: int, tile: int, *, ensemble: bool = False, seed: int = 0,
+              scale: int = 2) -> ImageWork:
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    plan = plan_tiles(h, w, scale, tile, 2)
+    return ImageWork(Ticket(deadline=time.monotonic() + 60), runner, x, plan, None,
+                     ENSEMBLE_TRANSFORMS if ensemble else IDENTITY, loop)
+
+
+def nearest(x: torch.Tensor, s: int) -> torch.Tensor:
+    return x.repeat_interleave(s, -1).repeat_interleave(s, -2)
+
+
+def run_scheduler(scenario, *, max_batch: int, max_delay_s: float = 0.0):
+    async def main():
+        scheduler = TaggingScheduler(torch.device("cpu"), max_batch, max_delay_s, Metrics())
+        scheduler.start()
+        try:
+            return await scenario(scheduler, asyncio.get_running_loop())
+        finally:
+            scheduler.stop()
+
+    return asyncio.run(main())
+
+
+def test_tiles_of_many_requests_share_batches_and_results_are_exact():
+    runner = RecordingRunner()
+
+    async def scenario(scheduler, loop):
+        works = [make_work(runner, loop, 20, 20, 8, seed=i) for i in range(3)]  # 9 tiles each, 12x12 windows
+        for work in works:
+            scheduler.submit(work)
+        return works, await asyncio.gather(*(w.future for w in works))
+
+    works, results = run_scheduler(scenario, max_batch=6, max_delay_s=0.05)
+    for work, out in zip(works, results):
+        assert torch.equal(out, nearest(work.x, 2).clamp(0, 1))
+    assert sum(map(len, runner.batches)) == 27
+    assert max(len(set(b)) for b in runner.batches) == 3  # one batch holds tiles of all three requests
+    assert len(runner.batches) <= 6  # 27 tiles in batches of up to 6
+
+
+def test_round_robin_a_small_request_is_not_starved():
+    runner = RecordingRunner(delay=0.002)
+
+    async def scenario(scheduler, loop):
+        big = make_work(runner, loop, 64, 64, 8, seed=1)  # 64 tiles
+        scheduler.submit(big)
+        await asyncio.sleep(0.02)
+        small = make_work(runner, loop, 12, 12, 8, seed=2)  # 4 tiles of the same 12x12 window shape
+        scheduler.submit(small)
+        await small.future
+        done_small = len(runner.batches)
+        await big.future
+        return big, small, done_small, len(runner.batches)
+
+    big, small, done_small, total = run_scheduler(scenario, max_batch=2)
+    assert done_small < total / 2  # served within the first batches after it came, not after the 64 tiles
+    shared = [b for b in runner.batches if set(b) == {big.ticket.id, small.ticket.id}]
+    assert len(shared) == 4  # each of its tiles rode along with one of the big request's
+
+
+def test_round_robin_across_queues():
+    """Two models (two queues): a request of the second is served while the first still has work."""
+    slow, other = RecordingRunner("slow", delay=0.002), RecordingRunner("other")
+
+    async def scenario(scheduler, loop):
+        big = make_work(slow, loop, 64, 64, 8)
+        scheduler.submit(big)
+        await asyncio.sleep(0.02)
+        small = make_work(other, loop, 8, 8, 8)
+        scheduler.submit(small)
+        await small.future
+        return big.future.done(), len(slow.batches)
+
+    big_done, slow_batches = run_scheduler(scenario, max_batch=1)
+    assert not big_done and slow_batches < 40
+
+
+def test_max_delay_waits_for_companions_then_runs_partial_batches():
+    runner = RecordingRunner()
+
+    async def scenario(scheduler, loop):
+        first = make_work(runner, loop, 8, 8, 8, seed=1)
+        scheduler.submit(first)
+        await asyncio.sleep(0.03)  # within max_delay: the tile waits
+        second = make_work(runner, loop, 8, 8, 8, seed=2)
+        scheduler.submit(second)
+        started = time.monotonic()
+        await asyncio.gather(first.future, second.future)
+        lone = make_work(runner, loop, 8, 8, 8, seed=3)
+        t0 = time.monotonic()
+        scheduler.submit(lone)
+        await lone.future
+        return {first.ticket.id, second.ticket.id}, time.monotonic() - t0
+
+    pair, lone_latency = run_scheduler(scenario, max_batch=4, max_delay_s=0.2)
+    assert set(runner.batches[0]) == pair and len(runner.batches[0]) == 2  # the first waited and was batched
+    assert 0.15 < lone_latency < 5  # a lone tile runs after max_delay, not never
+
+
+def test_self_ensemble_copies_are_inverted_and_averaged():
+    runner = RecordingRunner()
+
+    async def scenario(scheduler, loop):
+        work = make_work(runner, loop, 11, 17, 6, ensemble=True)  # non-square windows: transposed copies
+        scheduler.submit(work)
+        return work, await work.future
+
+    work, out = run_scheduler(scenario, max_batch=8)
+    assert sum(map(len, runner.batches)) == len(work.plan.tiles) * 8
+    assert torch.allclose(out, nearest(work.x, 2).clamp(0, 1), atol=1e-6)
+
+
+def test_cancel_drops_queued_tiles():
+    runner = RecordingRunner(delay=0.01)
+
+    async def scenario(scheduler, loop):
+        big = make_work(runner, loop, 64, 64, 8)
+        scheduler.submit(big)
+        await asyncio.sleep(0.03)
+        dropped = scheduler.cancel(big.ticket)
+        queued = scheduler.queued_tiles
+        ran = len(runner.batches)
+        await asyncio.sleep(0.1)
+        return dropped, queued, ran, len(runner.batches), big.future.done()
+
+    dropped, queued, ran, ran_later, done = run_scheduler(scenario, max_batch=1)
+    assert dropped > 40 and queued == 0
+    assert ran_later <= ran + 1  # at most the batch already running
+    assert not done
+
+
+def test_out_of_memory_halves_the_batch_then_fails_one_tile():
+    async def scenario(scheduler, loop):
+        ok_runner = RecordingRunner(oom_above=2)
+        work = make_work(ok_runner, loop, 32, 32, 8)  # 16 tiles in batches of 8 -> 4 -> 2
+        scheduler.submit(work)
+        out = await work.future
+        bad = make_work(RecordingRunner(oom_above=0), loop, 8, 8, 8)
+        scheduler.submit(bad)
+        with pytest.raises(OutOfMemory):
+            await bad.future
+        return work, out, ok_runner
+
+    work, out, runner = run_scheduler(scenario, max_batch=8)
+    assert torch.equal(out, nearest(work.x, 2).clamp(0, 1))
+    assert max(map(len, runner.batches)) == 2
+
+
+def test_deadline_passed_tiles_are_not_run():
+    runner = RecordingRunner()
+
+    async def scenario(scheduler, loop):
+        work = make_work(runner, loop, 16, 16, 8)
+        work.ticket.deadline = time.monotonic() - 1
+        scheduler.submit(work)
+        await asyncio.sleep(0.1)
+        return scheduler.queued_tiles, work.future.done()
+
+    queued, done = run_scheduler(scenario, max_batch=2)
+    assert queued == 0 and runner.batches == [] and not done
