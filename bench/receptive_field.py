@@ -75,8 +75,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=96, help="LR crop side")
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.model:
         model = Repository(args.repository).load(args.model, scales=[args.scale])
     else:

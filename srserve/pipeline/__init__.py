@@ -111,7 +111,7 @@ def upscale_tensor(backend: Backend, x: torch.Tensor, scale: int, *, self_ensemb
 
 def _smaller(plan: TilePlan, batch_size: int, exc: BaseException) -> tuple[TilePlan, int]:
     """Halves the batch first (cheaper), then the tile; gives up below ``MIN_TILE``."""
-    if batch_size > 1:
+    if min(batch_size, len(plan)) > 1:
         log.warning("out of memory with %d tiles per batch; retrying with %d", batch_size, batch_size // 2)
         return plan, batch_size // 2
     current = min(plan.tile_size, max(plan.padded_height, plan.padded_width))
