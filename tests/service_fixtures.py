@@ -62,6 +62,22 @@ def max_diff(a: bytes, b: bytes) -> int:
     return int(np.abs(x - y).max())
 
 
+MIXED = [  # (model, query, height, width, seed): models, scales, sizes, ensemble, outscale
+    ("edsr", "scale=2", 40, 33, 0), ("mdsr", "scale=2", 21, 35, 1), ("mdsr", "scale=3", 40, 40, 2),
+    ("mdsr", "scale=4", 17, 23, 3), ("dasr", "scale=2", 33, 29, 4), ("vdsr", "scale=3", 26, 31, 5),
+    ("rrdb2", "scale=2", 30, 34, 6), ("bicubic", "scale=4", 25, 19, 7), ("mdsr", "outscale=1.7", 28, 24, 8),
+    ("edsr", "scale=2&self_ensemble=true", 18, 22, 9), ("mdsr", "scale=4", 48, 40, 10), ("edsr", "scale=2", 9, 7, 11),
+]
+
+
+def mixed_requests(n: int) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(n):
+        model, query, h, w, seed = MIXED[i % len(MIXED)]
+        out.append((f"model={model}&{query}", image_bytes(h + i % 3, w, seed=seed + i)))
+    return out
+
+
 @asynccontextmanager
 async def running_app(settings: Settings, *, wait_ready: bool = True):
     """The app with its lifespan (startup, drain, shutdown) and an httpx client over ASGI."""

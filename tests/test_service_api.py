@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from service_fixtures import (MODELS, TILE, decode, encode, image_array, image_bytes, make_repository, max_diff,
-                              metric, metric_sum, running_app, service_settings)
+                              metric, metric_sum, mixed_requests, running_app, service_settings)
 from srserve.backend import TorchBackend
 from srserve.models.repository import Repository
 from srserve.pipeline.image import OutputSize, upscale_raster
@@ -106,22 +106,6 @@ def test_formats_alpha_gray_16bit_outscale_multipart(repo):
     assert Image.open(io.BytesIO(f.content)).size == (30, 36)
     expected = pipeline_result(repo, "edsr", 2, encode(rgba))
     assert np.abs(decode(a.content) - expected).max() <= 1
-
-
-MIXED = [  # (model, query, height, width, seed): models, scales, sizes, ensemble, outscale
-    ("edsr", "scale=2", 40, 33, 0), ("mdsr", "scale=2", 21, 35, 1), ("mdsr", "scale=3", 40, 40, 2),
-    ("mdsr", "scale=4", 17, 23, 3), ("dasr", "scale=2", 33, 29, 4), ("vdsr", "scale=3", 26, 31, 5),
-    ("rrdb2", "scale=2", 30, 34, 6), ("bicubic", "scale=4", 25, 19, 7), ("mdsr", "outscale=1.7", 28, 24, 8),
-    ("edsr", "scale=2&self_ensemble=true", 18, 22, 9), ("mdsr", "scale=4", 48, 40, 10), ("edsr", "scale=2", 9, 7, 11),
-]
-
-
-def mixed_requests(n: int) -> list[tuple[str, bytes]]:
-    out = []
-    for i in range(n):
-        model, query, h, w, seed = MIXED[i % len(MIXED)]
-        out.append((f"model={model}&{query}", image_bytes(h + i % 3, w, seed=seed + i)))
-    return out
 
 
 def test_concurrent_mixed_requests_equal_serial(repo):
