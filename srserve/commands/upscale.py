@@ -197,8 +197,9 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="srserve upscale: warning: %(message)s")
     jobs, fmt = plan_jobs(args)
-    wanted_scales = [args.scale] if args.scale and args.outscale is None and not (args.width or args.height) else None
-    backend = create_backend(args.model, args.repository, args.device, backend=args.backend, scales=wanted_scales)
+    backend = create_backend(args.model, args.repository, args.device, backend=args.backend)
+    if args.scale and args.scale not in native_scales(backend):
+        raise SRError(f"model {args.model!r} serves scales {native_scales(backend)}, not x{args.scale}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     tiles = TileBar(enabled=not args.quiet)
     failures = 0

@@ -70,6 +70,8 @@ def resolve_output_size(height: int, width: int, scales: list[int], *, scale: in
         w = out_width or max(1, round(width * ratio))
         h = out_height or max(1, round(height * ratio))
     elif scale is not None:
+        if int(scale) not in scales:
+            raise ScaleError(f"this model serves scales {scales}, not x{scale}")
         return OutputSize(int(scale), height * int(scale), width * int(scale))
     elif len(scales) == 1:
         return OutputSize(scales[0], height * scales[0], width * scales[0])
