@@ -108,8 +108,7 @@ def variants(tmp_path_factory):
     """EDSR with static-window, fp16 and self-ensemble graphs; RRDB x2 ensemble (odd sizes pad)."""
     repo = tiny_repository(tmp_path_factory.mktemp("variants"), names=("edsr", "rrdb"))
     edsr = repo.load("edsr")
-    jobs = plan_jobs(edsr, [2], ["fp32", "fp16"], self_ensemble=True, windows={2: 20})
-    jobs = [j for j in jobs if not (j.kind == "ensemble" and j.precision == "fp16")]
+    jobs = [GraphJob("sr", 2, "fp32", static_tile=20), GraphJob("sr", 2, "fp16"), GraphJob("ensemble", 2, "fp32")]
     written, failures = export_model(edsr, repo.root / "edsr", jobs, progress=False, log=lambda line: None)
     assert not failures, failures
     rrdb = repo.load("rrdb", scales=[2])
@@ -194,6 +193,15 @@ def test_artifact_of_other_weights_is_stale(tmp_path):
     assert artifact is None and "stale" in why
     index.path(index.find("sr", 2, "fp32")).write_bytes(b"corrupt")
     assert "sha256" in index.usable("sr", 2, "fp32", weights_identity(model, 2))[1]
+
+
+def test_plan_jobs_lists_every_variant(tmp_path):
+    repo = tiny_repository(tmp_path, names=("dasr",))
+    jobs = plan_jobs(repo.load("dasr"), [2], ["fp32", "fp16"], self_ensemble=True, windows={2: 20})
+    assert sorted(j.file for j in jobs) == sorted([
+        "onnx/x2.degradation.fp32.onnx",
+        "onnx/x2.fp32.onnx", "onnx/x2.fp32.tile20.onnx", "onnx/x2.ensemble.fp32.onnx", "onnx/x2.ensemble.fp32.tile20.onnx",
+        "onnx/x2.fp16.onnx", "onnx/x2.fp16.tile20.onnx", "onnx/x2.ensemble.fp16.onnx", "onnx/x2.ensemble.fp16.tile20.onnx"])
 
 
 def test_opset_and_precision_are_validated(tmp_path):
