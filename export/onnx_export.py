@@ -114,11 +114,9 @@ def io_shapes(model: LoadedModel, job: GraphJob) -> tuple[list[dict], list[dict]
 
 
 def dynamic_axes(inputs: list[dict], outputs: list[dict]) -> dict:
-    axes = {}
-    for io in inputs + outputs:
-        named = {i: (d if isinstance(d, str) else None) for i, d in enumerate(io["shape"])}
-        axes[io["name"]] = {i: d.replace("*", "_x") for i, d in named.items() if d}
-    return axes
+    """The exporter's ``dynamic_axes`` (ONNX dim_param names: ``height*4`` becomes ``height_x4``)."""
+    return {io["name"]: {i: d.replace("*", "_x") for i, d in enumerate(io["shape"]) if isinstance(d, str)}
+            for io in inputs + outputs}
 
 
 def example_inputs(model: LoadedModel, job: GraphJob, batch: int, height: int, width: int,
