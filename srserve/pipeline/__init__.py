@@ -45,9 +45,15 @@ def run_plan(backend: Backend, x: torch.Tensor, plan: TilePlan, degradation: tor
              self_ensemble: bool = False, batch_size: int = 1, progress: Progress | None = None) -> torch.Tensor:
     """Runs every tile of ``plan`` (``batch_size`` windows per backend call) and stitches them."""
     scale = plan.scale
-    stitcher = Stitcher(plan, channels=x.shape[1])
     transforms = transforms_for(self_ensemble)
     tiles = plan.tiles
+    if len(tiles) == 1:  # the whole image: no stitching copy (it would double the output memory)
+        deg = degradation
+        out = run_ensemble(lambda w: backend.run(w, scale, deg).float().cpu(), extract_tiles(x, plan), transforms)
+        if progress is not None:
+            progress(1, 1)
+        return out[..., :plan.out_height, :plan.out_width]
+    stitcher = Stitcher(plan, channels=x.shape[1])
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start:start + batch_size]
         windows = extract_tiles(x, plan, batch)
@@ -100,8 +106,9 @@ def upscale_tensor(backend: Backend, x: torch.Tensor, scale: int, *, self_ensemb
                           batch_size=batch_size)
     while True:
         try:
-            return run_plan(backend, x, plan, degradation, self_ensemble=self_ensemble, batch_size=batch_size,
-                            progress=progress).clamp_(0, 1)
+            out = run_plan(backend, x, plan, degradation, self_ensemble=self_ensemble, batch_size=batch_size,
+                           progress=progress)
+            return out.clamp(0, 1) if out.is_inference() else out.clamp_(0, 1)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
             if not is_out_of_memory(exc):
                 raise

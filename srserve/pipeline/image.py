@@ -95,18 +95,18 @@ def resize_exact(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(c) for c in channels]))[None]
 
 
-def _to_tensor(pixels: np.ndarray, max_value: int) -> torch.Tensor:
+def to_tensor(pixels: np.ndarray, max_value: int) -> torch.Tensor:
     """H×W×C integer pixels -> 1×3×H×W float in [0, 1] (a single channel replicated)."""
     x = torch.from_numpy(pixels.astype(np.float32) / max_value).permute(2, 0, 1)[None]
     return x.expand(1, 3, *x.shape[-2:]).contiguous() if x.shape[1] == 1 else x
 
 
-def _quantise(x: torch.Tensor, max_value: int, dtype) -> np.ndarray:
+def quantise(x: torch.Tensor, max_value: int, dtype) -> np.ndarray:
     """1×C×H×W [0, 1] -> H×W×C integers, rounded (not truncated)."""
     return np.rint(x[0].clamp(0, 1).mul(max_value).permute(1, 2, 0).numpy()).astype(dtype)
 
 
-def _luma(x: torch.Tensor) -> torch.Tensor:
+def luma(x: torch.Tensor) -> torch.Tensor:
     w = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
@@ -114,7 +114,7 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 def _upscale_alpha(backend, alpha: np.ndarray, max_value: int, scale: int, mode: str, **options) -> torch.Tensor:
     if alpha.min() == max_value:  # fully opaque: nothing to compute
         return torch.ones(1, 1, alpha.shape[0] * scale, alpha.shape[1] * scale)
-    a = _to_tensor(alpha, max_value)
+    a = to_tensor(alpha, max_value)
     if mode == "bicubic":
         with torch.inference_mode():
             return BicubicUpsample(scale)(a[:, :1]).clamp(0, 1).clone()
@@ -128,16 +128,20 @@ def upscale_raster(backend, raster: Raster, size: OutputSize, *, alpha: str = "m
     if alpha not in ALPHA_MODES:
         raise SRError(f"alpha mode must be one of {ALPHA_MODES}, got {alpha!r}")
     scale = size.scale
-    color = upscale_tensor(backend, _to_tensor(raster.color, raster.max_value), scale, **options)
+    color = upscale_tensor(backend, to_tensor(raster.color, raster.max_value), scale, **options)
     if raster.gray:
-        color = _luma(color)
+        color = luma(color)
     parts = [resize_exact(color, size.height, size.width)]
     del color
     if raster.has_alpha:
         a = _upscale_alpha(backend, raster.alpha, raster.max_value, scale, alpha, **options)
         parts.append(resize_exact(a, size.height, size.width))
     out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    return Raster(_quantise(out, raster.max_value, raster.pixels.dtype), raster.icc_profile, raster.source_format)
+    return Raster(quantise(out, raster.max_value, raster.pixels.dtype), raster.icc_profile, raster.source_format)
+
+
+# the names the server imported before they were public
+_to_tensor, _quantise, _luma = to_tensor, quantise, luma
 
 
 def native_scales(backend) -> list[int]:

@@ -59,12 +59,12 @@ def _maps_per_lr_pixel(architecture: str, h: dict, scale: int) -> float:
         trunk = (7 if architecture == "dasr" else 5) * f
         return max(trunk, _subpixel_upsampler_maps(f, scale)) + 6 * s2 + 3
     if architecture == "vdsr":
-        return (2 * h.get("n_feats", 64) + 12) * s2 + 3
+        return (3 * h.get("n_feats", 64) + 12) * s2 + 3
     if architecture == "rrdbnet":
         f, g = h.get("num_feat", 64), h.get("num_grow_ch", 32)
         u2 = (4 // scale) ** 2
         trunk = 4 * f + 9 * g
-        hr = 32 * f + 48  # two F-wide maps at 4× the trunk resolution, plus the output
+        hr = 48 * f + 48  # three F-wide maps at 4× the trunk resolution, plus the output
         return (max(trunk, hr) + 3 * u2) / u2
     return 4 * s2 + 3  # bicubic and unknown: input, output, temporaries
 
