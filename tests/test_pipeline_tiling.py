@@ -79,6 +79,17 @@ def test_extract_reflects_alignment_padding_like_the_network():
     assert torch.equal(window, expected)
 
 
+@pytest.mark.parametrize("name", ["edsr", "mdsr", "vdsr", "dasr", "rrdb2", "rrdb1"])
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (5, 7)])
+def test_tiny_images(repo, name, h, w):
+    """Images smaller than any tile (and than RRDBNet x1's 4-pixel unshuffle) still work."""
+    backend = backend_of(repo, name)
+    s = scale_of(name)
+    x = torch.rand(1, 3, h, w)
+    for tile in (0, 2, None):
+        assert upscale_tensor(backend, x, s, tile=tile).shape == (1, 3, h * s, w * s)
+
+
 def test_defaults_follow_the_receptive_radius(repo):
     for name in TINY:
         model = repo.load(name)

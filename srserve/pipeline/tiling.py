@@ -250,9 +250,15 @@ def _check_context(tile: Tile, ph: int, pw: int, context: int) -> None:
 
 
 def _reflect_indices(start: int, end: int, length: int) -> torch.Tensor:
-    """Indices ``start..end-1`` with those ≥ ``length`` mirrored as ``F.pad(mode='reflect')``."""
+    """Indices ``start..end-1`` with those ≥ ``length`` mirrored as ``F.pad(mode='reflect')``;
+    mirrored again where the pad is longer than the image (a 1- or 2-pixel side, on which the
+    network's own reflect padding would fail)."""
     idx = torch.arange(start, end)
-    return torch.where(idx >= length, 2 * (length - 1) - idx, idx)
+    if length == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (length - 1)
+    idx = idx % period
+    return torch.where(idx >= length, period - idx, idx)
 
 
 def extract_tile(image: torch.Tensor, window: Box) -> torch.Tensor:
