@@ -44,22 +44,22 @@ def _free_cached_memory(device: torch.device) -> None:
 def run_plan(backend: Backend, x: torch.Tensor, plan: TilePlan, degradation: torch.Tensor | None, *,
              self_ensemble: bool = False, batch_size: int = 1, progress: Progress | None = None) -> torch.Tensor:
     """Runs every tile of ``plan`` (``batch_size`` windows per backend call) and stitches them."""
-    scale = plan.scale
     transforms = transforms_for(self_ensemble)
+
+    def run(windows: torch.Tensor) -> torch.Tensor:
+        deg = None if degradation is None else degradation.expand(windows.shape[0], -1)
+        return run_ensemble(lambda w: backend.run(w, plan.scale, deg).float().cpu(), windows, transforms)
+
     tiles = plan.tiles
     if len(tiles) == 1:  # the whole image: no stitching copy (it would double the output memory)
-        deg = degradation
-        out = run_ensemble(lambda w: backend.run(w, scale, deg).float().cpu(), extract_tiles(x, plan), transforms)
+        out = run(extract_tiles(x, plan))
         if progress is not None:
             progress(1, 1)
         return out[..., :plan.out_height, :plan.out_width]
     stitcher = Stitcher(plan, channels=x.shape[1])
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start:start + batch_size]
-        windows = extract_tiles(x, plan, batch)
-        deg = None if degradation is None else degradation.expand(len(batch), -1)
-        out = run_ensemble(lambda w: backend.run(w, scale, deg).float().cpu(), windows, transforms)
-        stitcher.add(batch, out)
+        stitcher.add(batch, run(extract_tiles(x, plan, batch)))
         if progress is not None:
             progress(min(start + batch_size, len(tiles)), len(tiles))
     return stitcher.result()
@@ -76,7 +76,7 @@ def resolve_tiling(backend: Backend, x: torch.Tensor, scale: int, *, tile: int |
     elif feather is None:
         feather = 0 if margin >= cfg.exact_margin else margin // 2
     if tile is None:
-        whole = height * width * bytes_per_lr_pixel(backend, scale) * batch_size
+        whole = height * width * bytes_per_lr_pixel(backend, scale)
         budget = available_memory(getattr(backend, "device", "cpu"))
         tile = 0 if whole <= budget else auto_tile_size(backend, scale, margin, batch=batch_size, budget=budget,
                                                         minimum=MIN_TILE)
