@@ -99,6 +99,14 @@ def test_cmyk_becomes_rgb(tmp_path, capsys, suffix):
     assert np.abs(np.asarray(out).astype(int) - bicubic(expected, 2, 255)).max() <= 1
 
 
+def test_cmyk_with_a_profile_that_does_not_fit_falls_back(tmp_path):
+    """An RGB profile inside a CMYK file cannot convert it: plain conversion, no profile kept."""
+    buf = io.BytesIO()
+    Image.fromarray(smooth(8, 8, 4), "CMYK").save(buf, "JPEG", icc_profile=SRGB)
+    raster = read_image(buf.getvalue())
+    assert raster.mode == "RGB" and raster.icc_profile is None
+
+
 # --- 16-bit -------------------------------------------------------------------------------------
 
 def test_16bit_gray_stays_16bit(tmp_path, capsys):
