@@ -1,0 +1,334 @@
+"""Load test of ``srserve serve``: N concurrent clients for T seconds, batching on vs off, and the
+served throughput against the bare backend on the same tiles.
+
+    .venv/bin/python bench/load.py                       # random-weight models of the shipped size
+    .venv/bin/python bench/load.py --repository model_repository --model edsr --scale 2
+    .venv/bin/python bench/load.py --url http://host:8000 --clients 16 --seconds 60   # an existing server
+
+What it does, in one run so the ratios are side by side:
+
+1. **bare**: the backend alone (same model, device, tile plan and batch size as the server) runs
+   the tiles of the test images, grouped by window shape, in batches of ``--batch``; no HTTP,
+   no decoding, encoding or stitching. Throughput = output megapixels per second.
+2. **served, batching on / off**: ``srserve serve`` in a subprocess (``SR_MAX_BATCH_TILES`` =
+   ``--batch``, then 1), ``--clients`` clients each posting the test images in turn for
+   ``--seconds`` (requests still running at the end are awaited, bounded by ``--timeout``).
+   Latency p50/p95/p99, requests/s, output MP/s, the mean batch size from ``/metrics``.
+3. **served / bare** throughput (the issue's target: >= 0.9).
+
+Without ``--repository`` the models are random-weight networks with the shipped models'
+hyper-parameters (``train/configs``: EDSR and MDSR with 8 blocks of 32 features) in a temporary
+repository; speed does not depend on the weights. The images are crops of the Set14 HR
+images when the datasets are present, else synthetic.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets" / "benchmark"
+SHIPPED_SIZE = {  # name -> (architecture, hparams) of the shipped defaults (train/configs)
+    "edsr": ("edsr", {"n_resblocks": 8, "n_feats": 32, "res_scale": 1.0, "scale": 2}),
+    "mdsr": ("mdsr", {"n_resblocks": 8, "n_feats": 32, "scales": [2, 3, 4]}),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", help="model repository (default: random-weight models of the shipped size)")
+    p.add_argument("--url", help="load an already running server instead (skips bare and batching off)")
+    p.add_argument("--model", default="edsr")
+    p.add_argument("--scale", default="2", help="scale, or scales the requests cycle through (e.g. 2,3,4)")
+    p.add_argument("--mdsr-cross-scale", choices=["on", "off"], default="on",
+                   help="server: batch MDSR's body across scales (SR_MDSR_CROSS_SCALE)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    p.add_argument("--seconds", type=float, default=20, help="load duration per server config (default 20)")
+    p.add_argument("--timeout", type=float, default=120, help="longest wait for one request (default 120)")
+    p.add_argument("--batch", type=int, default=4, help="max_batch_tiles with batching on (default 4)")
+    p.add_argument("--tile-size", type=int, default=64, help="server tile size (default 64)")
+    p.add_argument("--sizes", default="128x128,160x128,192x160", help="LR test image sizes HxW (comma-separated)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="torch", help="server backend (default torch; auto, onnxruntime, ...)")
+    p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
+    p.add_argument("--threads", type=int, help="torch CPU threads for the server and the bare run (SR_THREADS)")
+    p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    return p.parse_args(argv)
+
+
+# --- inputs -----------------------------------------------------------------------------------
+def shipped_size_repository(root: Path) -> Path:
+    import torch
+
+    from srserve.models.registry import build_network
+    from srserve.models.repository import Repository
+
+    repo = Repository(root)
+    for i, (name, (arch, hparams)) in enumerate(SHIPPED_SIZE.items()):
+        torch.manual_seed(i)
+        repo.add_weights(name, arch, hparams, build_network(arch, hparams).state_dict())
+    return root
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request the clients send: an image at a scale."""
+
+    image: bytes
+    scale: int
+    out_pixels: int
+
+
+def make_jobs(sizes: list[tuple[int, int]], scales: list[int]) -> list[Job]:
+    """Every image at every scale, interleaved so consecutive requests differ in both."""
+    images = test_images(sizes)
+    jobs = []
+    for j in range(len(scales)):
+        for i, (h, w) in enumerate(sizes):
+            scale = scales[(i + j) % len(scales)]
+            jobs.append(Job(images[i], scale, h * w * scale * scale))
+    return jobs
+
+
+def test_images(sizes: list[tuple[int, int]]) -> list[bytes]:
+    from PIL import Image
+
+    sources = sorted((DATASETS / "Set14" / "x2" / "HR").glob("*.png")) if DATASETS.is_dir() else []
+    images = []
+    for i, (h, w) in enumerate(sizes):
+        if sources:
+            img = Image.open(sources[i % len(sources)]).convert("RGB")
+            img = img.crop((0, 0, min(w, img.width), min(h, img.height))).resize((w, h))
+        else:
+            rng = np.random.default_rng(i)
+            yy, xx = np.mgrid[0:h, 0:w]
+            a = np.stack([np.sin(xx / (4 + c) + yy / (6 + c)) for c in range(3)], -1) * 90 + 128
+            img = Image.fromarray(np.clip(a + rng.normal(0, 12, a.shape), 0, 255).astype(np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        images.append(buf.getvalue())
+    return images
+
+
+# --- bare backend -----------------------------------------------------------------------------
+def bare_throughput(repository: Path, args, jobs: list["Job"], seconds: float, batch: int) -> dict:
+    """Output MP/s of the backend alone on the tiles the server would cut from ``images``, in
+    batches of ``batch``, on a dedicated thread as in the server (under CPU contention, PyTorch's
+    OpenMP pool behaves differently on the main thread, so measuring there is not comparable)."""
+    import torch
+
+    from srserve.pipeline.imageio import read_image
+    from srserve.pipeline.tiling import extract_tiles
+    from srserve.service.config import Settings
+    from srserve.service.engine import ServedModel, create_model_backend
+    from srserve.models.repository import Repository
+
+    settings = Settings(repository=repository, device=args.device, backend=args.backend,
+                        tile_size=args.tile_size, max_batch_tiles=args.batch)
+    model = ServedModel(create_model_backend(args.model, settings, Repository(repository)), args.tile_size, True)
+    by_shape: dict[tuple, list[torch.Tensor]] = {}
+    for job in jobs:
+        raster = read_image(job.image)
+        x = torch.from_numpy(raster.color.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        plan = model.plan(raster.height, raster.width, job.scale)
+        by_shape.setdefault((job.scale, plan.tile_shape), []).extend(extract_tiles(x, plan))
+    out_pixels = sum(job.out_pixels for job in jobs)
+    batches = [(scale, torch.stack(tiles[i:i + batch])) for (scale, _), tiles in by_shape.items()
+               for i in range(0, len(tiles), batch)]
+    result: dict = {}
+
+    def measure() -> None:  # on a thread of its own, like the server's inference thread
+        for scale, batch in batches:  # warm-up: every shape once
+            model.run_tiles(batch, [scale] * len(batch), None)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        rounds, started, cpu0 = 0, time.perf_counter(), process_cpu_seconds(os.getpid())
+        while rounds == 0 or time.perf_counter() - started < seconds:
+            for scale, batch in batches:
+                model.run_tiles(batch, [scale] * len(batch), None)
+            rounds += 1
+        elapsed, cpu = time.perf_counter() - started, process_cpu_seconds(os.getpid()) - cpu0
+        mp = rounds * out_pixels / 1e6
+        result.update(rounds=rounds, seconds=elapsed, tiles_per_round=sum(len(b) for _, b in batches),
+                      mp_per_s=mp / elapsed, images_per_s=rounds * len(jobs) / elapsed, cpu_s_per_mp=cpu / mp)
+
+    thread = threading.Thread(target=measure, name="bare-backend")
+    thread.start()
+    thread.join()
+    return result
+
+
+# --- the server -------------------------------------------------------------------------------
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, repository: Path, args, batch: int):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "SR_REPOSITORY": str(repository), "SR_MODELS": args.model, "SR_DEVICE": args.device,
+               "SR_BACKEND": args.backend, "SR_MAX_BATCH_TILES": str(batch), "SR_TILE_SIZE": str(args.tile_size),
+               "SR_LOG_LEVEL": "warning", "SR_REQUEST_TIMEOUT_S": str(args.timeout),
+               "SR_MAX_INFLIGHT_REQUESTS": str(max(64, 2 * args.clients))}
+        if args.threads:
+            env["SR_THREADS"] = str(args.threads)
+        env["SR_MDSR_CROSS_SCALE"] = "true" if args.mdsr_cross_scale == "on" else "false"
+        srserve = Path(sys.executable).parent / "srserve"
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([str(srserve), "serve", "--port", str(self.port)], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.log.seek(0)
+        raise SystemExit(f"server did not become ready:\n{self.log.read()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+# --- the load ---------------------------------------------------------------------------------
+async def run_load(url: str, args, jobs: list[Job], pid: int | None = None) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    served_pixels = 0
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits) as client:
+        before = (await client.get("/metrics")).text
+        cpu0 = process_cpu_seconds(pid) if pid else float("nan")
+        stop_at = time.perf_counter() + args.seconds
+
+        async def one_client(k: int) -> None:
+            nonlocal served_pixels
+            i = k
+            while time.perf_counter() < stop_at:
+                job = jobs[i % len(jobs)]
+                t0 = time.perf_counter()
+                r = await client.post(f"/upscale?model={args.model}&scale={job.scale}&format={args.format}",
+                                      content=job.image, headers={"Content-Type": "image/png"})
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t0)
+                    served_pixels += job.out_pixels
+                i += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(k) for k in range(args.clients)))
+        elapsed = time.perf_counter() - started
+        cpu = (process_cpu_seconds(pid) if pid else float("nan")) - cpu0
+        after = (await client.get("/metrics")).text
+    tiles = metric_delta(before, after, "sr_batch_size_sum")
+    calls = metric_delta(before, after, "sr_batch_size_count")
+    q = np.percentile(latencies, [50, 95, 99]) if latencies else [float("nan")] * 3
+    return {"requests": len(latencies), "statuses": statuses, "seconds": elapsed,
+            "p50_s": float(q[0]), "p95_s": float(q[1]), "p99_s": float(q[2]),
+            "mean_s": statistics.fmean(latencies) if latencies else float("nan"),
+            "rps": len(latencies) / elapsed, "mp_per_s": served_pixels / elapsed / 1e6,
+            "cpu_s_per_mp": cpu / (served_pixels / 1e6) if served_pixels else float("nan"),
+            "mean_batch": tiles / calls if calls else float("nan")}
+
+
+def metric_delta(before: str, after: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def total(text: str) -> float:
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+    return total(after) - total(before)
+
+
+def served(repository: Path, args, batch: int, jobs: list[Job]) -> dict:
+    server = ServerProcess(repository, args, batch)
+    try:
+        server.wait_ready()
+        return asyncio.run(run_load(server.url, args, jobs, server.proc.pid))
+    finally:
+        server.stop()
+
+
+def print_row(label: str, r: dict) -> None:
+    print(f"{label:<22} {r['requests']:>6} {r['rps']:>7.2f} {r['mp_per_s']:>8.3f} {r['cpu_s_per_mp']:>8.1f} "
+          f"{r['p50_s']:>7.2f} {r['p95_s']:>7.2f} {r['p99_s']:>7.2f} {r['mean_batch']:>6.2f}  {r['statuses']}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    scales = [int(v) for v in args.scale.split(",")]
+    jobs = make_jobs(sizes, scales)
+    print(f"model {args.model} x{args.scale}, device {args.device}, backend {args.backend}, tile {args.tile_size}, "
+          f"images {args.sizes}, {args.clients} clients x {args.seconds:g}s, torch threads "
+          f"{args.threads or __import__('torch').get_num_threads()}, mdsr cross-scale {args.mdsr_cross_scale}")
+    if args.url:
+        result = asyncio.run(run_load(args.url, args, jobs))
+        print_row("served (--url)", result)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = Path(args.repository) if args.repository else shipped_size_repository(Path(tmp) / "repo")
+        bare_on = bare_throughput(repository, args, jobs, args.seconds, args.batch)
+        on = served(repository, args, args.batch, jobs)
+        off = served(repository, args, 1, jobs) if args.batch > 1 else on
+        bare_off = bare_throughput(repository, args, jobs, args.seconds, 1) if args.batch > 1 else bare_on
+    for batch, bare in ((args.batch, bare_on), (1, bare_off)):
+        print(f"bare backend, batch {batch}: {bare['mp_per_s']:.3f} output MP/s, {bare['cpu_s_per_mp']:.1f} CPU s/MP "
+              f"({bare['images_per_s']:.2f} images/s, {bare['tiles_per_round']} tiles per round, {bare['rounds']} rounds)")
+    print(f"{'':<22} {'reqs':>6} {'req/s':>7} {'MP/s':>8} {'CPU s/MP':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
+          f"{'batch':>6}  statuses")
+    print_row(f"served, batch {args.batch}", on)
+    if args.batch > 1:
+        print_row("served, batch 1", off)
+    for batch, srv, bare in ((args.batch, on, bare_on), (1, off, bare_off)):
+        print(f"served/bare, batch {batch}: throughput {srv['mp_per_s'] / bare['mp_per_s']:.2f}, CPU efficiency "
+              f"{bare['cpu_s_per_mp'] / srv['cpu_s_per_mp']:.2f} (target >= 0.9)")
+    print(f"served batching on/off: throughput {on['mp_per_s'] / off['mp_per_s']:.2f}")
+    if args.json:
+        print(json.dumps({"args": vars(args), "bare_on": bare_on, "bare_off": bare_off, "batching_on": on,
+                          "batching_off": off}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
