@@ -43,14 +43,14 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="model when the request names none "
                                       "(default: edsr if loaded, else the first loaded)")
     default_scale: int | None = Field(None, ge=1, description="scale when the request gives neither scale "
-                                      "nor outscale (default: the model's largest)")
+                                      "nor outscale (default: 4 when the model serves it, else its largest)")
     backend: Backend = Field("auto", description="auto = onnxruntime when exported graphs exist, else torch "
                              "(tensorrt first on CUDA)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     precision: Precision = Field("fp32", description="fp16/bf16 run only on CUDA for fp16-safe models")
     threads: int | None = Field(None, ge=1, description="CPU inference threads (default: torch's)")
-    cache_dir: Path | None = Field(None, description="on-the-fly ONNX exports and TensorRT engines "
-                                   "(default ~/.cache/srserve)")
+    engine_cache: Path | None = Field(None, description="on-the-fly ONNX exports and TensorRT engines "
+                                      "(default ~/.cache/srserve)")
     # --- batching ---
     max_batch_tiles: int | None = Field(None, ge=1, description=f"tiles per backend call (default: 1 on CPU, "
                                         f"{GPU_DEFAULT_BATCH} on GPU)")

@@ -154,7 +154,7 @@ def create_model_backend(name: str, settings: Settings, repository: Repository):
             raise ConfigError(f"backend {settings.backend!r} needs the export extra (pip install 'srserve[export]')")
         return TorchBackend(loaded, device, settings.precision)
     return create_backend(loaded, settings.backend, device=device, precision=settings.precision,
-                          threads=settings.threads, cache_dir=settings.cache_dir, tile=settings.tile_size,
+                          threads=settings.threads, cache_dir=settings.engine_cache, tile=settings.tile_size,
                           max_batch=settings.batch_tiles)
 
 

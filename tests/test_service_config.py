@@ -78,3 +78,15 @@ def test_serve_refuses_unknown_model_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("srserve serve: error: no model 'nosuch'")
     bad = subprocess.run([srserve, "serve", "--max-batch-tiles", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "max_batch_tiles" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_readme_documents_every_setting_and_metric():
+    from srserve.service.metrics import Metrics
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    serving = readme[readme.index("## Serving"):]
+    for name in Settings.model_fields:
+        assert f"`SR_{name.upper()}`" in serving, name
+    for family in Metrics().registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert name in serving, name

@@ -1,0 +1,43 @@
+"""With exported ONNX graphs in the repository, ``backend=auto`` serves through onnxruntime
+(what ``make serve`` does on a CPU) and returns what the torch backend returns (±1)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service_fixtures import image_bytes, make_repository, max_diff, running_app, service_settings
+
+pytest.importorskip("onnxruntime")
+
+
+def test_auto_backend_uses_exported_graphs(tmp_path):
+    from srserve.export.onnx_export import export_model, plan_jobs
+    from srserve.models.repository import Repository
+
+    repo = Repository(make_repository(tmp_path / "repo"))
+    for name in ("edsr", "dasr"):
+        model = repo.load(name)
+        _, failures = export_model(model, repo.root / name, plan_jobs(model, model.scales, ["fp32"]),
+                                   progress=False, log=lambda line: None)
+        assert not failures, failures
+    body = image_bytes(36, 30, seed=4)
+
+    async def serve(backend: str):
+        settings = service_settings(repo.root, models=["edsr", "dasr", "mdsr"], backend=backend,
+                                    engine_cache=tmp_path / "cache")
+        async with running_app(settings) as (app, client):
+            described = {m["name"]: m["backend"] for m in (await client.get("/v1/models")).json()["models"]}
+            results = [await client.post(f"/upscale?model={m}&scale=2", content=body,
+                                         headers={"Content-Type": "image/png"}) for m in ("edsr", "dasr", "mdsr")]
+            return described, results
+
+    auto_backends, auto = asyncio.run(serve("auto"))
+    torch_backends, torch_results = asyncio.run(serve("torch"))
+    # exported models run on onnxruntime; mdsr has no graphs, so auto keeps it on torch
+    assert auto_backends == {"edsr": "onnxruntime", "dasr": "onnxruntime", "mdsr": "torch"}
+    assert set(torch_backends.values()) == {"torch"}
+    for a, t in zip(auto, torch_results):
+        assert a.status_code == t.status_code == 200, a.text
+        assert max_diff(a.content, t.content) <= 1
+    assert [r.headers["x-backend"] for r in auto] == ["onnxruntime", "onnxruntime", "torch"]
