@@ -103,16 +103,18 @@ class OnnxRuntimeBackend:
         return precision
 
     def _provider_options(self, scale: int, kind: str, precision: str) -> list:
+        """Per-session providers. DASR's encoder skips the TensorRT EP: it sees whole images of any
+        size, which no tile profile bounds (the EP would rebuild its engine for new sizes)."""
         index = self.device.index or 0
         options = []
         for provider in self.providers:
             if provider == "TensorrtExecutionProvider":
+                if kind == "degradation":
+                    continue
                 trt_dir = self.cache_dir / "ort-tensorrt"
                 trt = {"device_id": index, "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
                        "trt_engine_cache_path": str(trt_dir), "trt_timing_cache_enable": True,
-                       "trt_timing_cache_path": str(trt_dir)}
-                if kind != "degradation":
-                    trt.update(self._trt_profile(scale))
+                       "trt_timing_cache_path": str(trt_dir), **self._trt_profile(scale)}
                 options.append((provider, trt))
             elif provider == "CUDAExecutionProvider":
                 options.append((provider, {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"}))

@@ -46,7 +46,10 @@ def load_engine(model: LoadedModel, scale: int, precision: str, *, onnx_path: Pa
         log.warning("building TensorRT engine %s (%s); this takes minutes once, then it is cached in %s",
                     record.label, key[:12], cache.root)
         plan = build_engine(onnx_path, precision, profile, tf32=tf32, timing_cache=cache.timing_cache_path(env))
-        runner = TensorRTRunner(deserialize_engine(plan), device)
+        loaded = deserialize_engine(plan)
+        if loaded is None:
+            raise BackendError(f"TensorRT built {record.label} but cannot load it")
+        runner = TensorRTRunner(loaded, device)
         parity = check_parity_with(model, GraphJob("sr", scale, "fp32" if precision == "fp32" else "fp16"),
                                    lambda feeds: runner(feeds)[0].float().cpu(), profile_side(profile),
                                    batch=min(3, max_batch))
