@@ -14,7 +14,10 @@ What it does, in one run so the ratios are side by side:
    ``--batch``, then 1), ``--clients`` clients each posting the test images in turn for
    ``--seconds`` (requests still running at the end are awaited, bounded by ``--timeout``).
    Latency p50/p95/p99, requests/s, output MP/s, the mean batch size from ``/metrics``.
-3. **served / bare** throughput (the issue's target: >= 0.9).
+3. **served / bare** throughput (the issue's target: >= 0.9) and CPU seconds per output MP of
+   the server process vs the bare run. ``busy`` is the fraction of the load's wall time the
+   server's inference thread spent in the backend (from ``sr_inference_duration_seconds``):
+   near 1 means the serving machinery keeps the backend fed, whatever the machine's noise.
 
 Without ``--repository`` the models are random-weight networks with the shipped models'
 hyper-parameters (``train/configs``: EDSR and MDSR with 8 blocks of 32 features) in a temporary
@@ -260,6 +263,7 @@ async def run_load(url: str, args, jobs: list[Job], pid: int | None = None) -> d
         elapsed = time.perf_counter() - started
         cpu = (process_cpu_seconds(pid) if pid else float("nan")) - cpu0
         after = (await client.get("/metrics")).text
+    busy = metric_delta(before, after, "sr_inference_duration_seconds_sum") / elapsed
     tiles = metric_delta(before, after, "sr_batch_size_sum")
     calls = metric_delta(before, after, "sr_batch_size_count")
     q = np.percentile(latencies, [50, 95, 99]) if latencies else [float("nan")] * 3
@@ -268,7 +272,7 @@ async def run_load(url: str, args, jobs: list[Job], pid: int | None = None) -> d
             "mean_s": statistics.fmean(latencies) if latencies else float("nan"),
             "rps": len(latencies) / elapsed, "mp_per_s": served_pixels / elapsed / 1e6,
             "cpu_s_per_mp": cpu / (served_pixels / 1e6) if served_pixels else float("nan"),
-            "mean_batch": tiles / calls if calls else float("nan")}
+            "mean_batch": tiles / calls if calls else float("nan"), "busy": busy}
 
 
 def metric_delta(before: str, after: str, name: str) -> float:
@@ -291,7 +295,8 @@ def served(repository: Path, args, batch: int, jobs: list[Job]) -> dict:
 
 def print_row(label: str, r: dict) -> None:
     print(f"{label:<22} {r['requests']:>6} {r['rps']:>7.2f} {r['mp_per_s']:>8.3f} {r['cpu_s_per_mp']:>8.1f} "
-          f"{r['p50_s']:>7.2f} {r['p95_s']:>7.2f} {r['p99_s']:>7.2f} {r['mean_batch']:>6.2f}  {r['statuses']}")
+          f"{r['p50_s']:>7.2f} {r['p95_s']:>7.2f} {r['p99_s']:>7.2f} {r['mean_batch']:>6.2f} {r['busy']:>5.2f}  "
+          f"{r['statuses']}")
 
 
 def main(argv=None) -> int:
@@ -316,7 +321,7 @@ def main(argv=None) -> int:
         print(f"bare backend, batch {batch}: {bare['mp_per_s']:.3f} output MP/s, {bare['cpu_s_per_mp']:.1f} CPU s/MP "
               f"({bare['images_per_s']:.2f} images/s, {bare['tiles_per_round']} tiles per round, {bare['rounds']} rounds)")
     print(f"{'':<22} {'reqs':>6} {'req/s':>7} {'MP/s':>8} {'CPU s/MP':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
-          f"{'batch':>6}  statuses")
+          f"{'batch':>6} {'busy':>5}  statuses")
     print_row(f"served, batch {args.batch}", on)
     if args.batch > 1:
         print_row("served, batch 1", off)

@@ -95,7 +95,7 @@ class ImageWork:
         self.scale = plan.scale
         self.degradation = degradation
         self.transforms = transforms
-        self.stitcher = Stitcher(plan, channels=x.shape[1])
+        self.stitcher: Stitcher | None = None  # allocated by the collector: a large zero-fill off the event loop
         self.slots: dict[int, list[torch.Tensor | None]] = {}
         self.remaining = len(plan.tiles) * len(transforms)
         self.loop = loop
@@ -113,6 +113,8 @@ class ImageWork:
         if self.future_done:
             return
         out = invert_transform(out, self.transforms[transform])
+        if self.stitcher is None:
+            self.stitcher = Stitcher(self.plan, channels=self.x.shape[1])
         if len(self.transforms) == 1:
             self.stitcher.add(tile, out)
         else:

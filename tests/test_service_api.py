@@ -386,3 +386,22 @@ def test_openapi_documents_the_api(repo):
     assert {p["name"] for p in up["parameters"]} >= {"model", "scale", "outscale", "self_ensemble", "format", "quality"}
     assert {"400", "401", "404", "413", "415", "422", "503", "504"} <= set(up["responses"])
     assert {"/v1/models", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batched_equals_cpu_and_reports_gpu_memory(repo):
+    requests = mixed_requests(16)
+
+    async def serve(device: str):
+        async with running_app(service_settings(repo, device=device, max_batch_tiles=None)) as (_, client):
+            results = await asyncio.gather(*(post(client, q, body) for q, body in requests))
+            return results, (await client.get("/metrics")).text
+
+    gpu, metrics = run(serve("cuda"))
+    cpu, _ = run(serve("cpu"))
+    for (query, _), g, c in zip(requests, gpu, cpu):
+        assert g.status_code == c.status_code == 200, (query, g.text)
+        assert max_diff(g.content, c.content) <= 1, query
+    assert metric(metrics, "sr_gpu_memory_reserved_bytes", device="cuda") > 0
+    assert metric_sum(metrics, "sr_batch_size_sum") > metric_sum(metrics, "sr_batch_size_count")

@@ -1,6 +1,6 @@
 """A real ``srserve serve`` process (uvicorn on 127.0.0.1, a free port): concurrent mixed requests
-equal serial ones, metrics over HTTP, and SIGTERM during load finishes every accepted request,
-answers 503 meanwhile, and exits 0."""
+equal serial ones, metrics over HTTP, a client that disconnects has its tiles dropped, and
+SIGTERM during load finishes every accepted request, answers 503 meanwhile, and exits 0."""
 from __future__ import annotations
 
 import asyncio
@@ -72,6 +72,18 @@ def test_real_server_concurrent_requests_metrics_and_sigterm_drain(server):
         assert max_diff(s.content, c.content) <= 1, query
     assert metric_sum(metrics, "sr_requests_total", status="200") == 64
     assert metric_sum(metrics, "sr_batch_size_sum") > metric_sum(metrics, "sr_batch_size_count")  # batches > 1 tile
+
+    # a client that gives up: its request is cancelled and its queued tiles leave the queues
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base}/upscale?model=mdsr&scale=4&self_ensemble=true", content=image_bytes(96, 96, seed=6),
+                   headers=PNG, timeout=1.0)
+    deadline = time.monotonic() + 30
+    while metric(httpx.get(f"{base}/metrics").text, "sr_errors_total", reason="client_disconnected") < 1:
+        assert time.monotonic() < deadline, "the disconnect was not noticed"
+        time.sleep(0.1)
+    after_disconnect = httpx.get(f"{base}/metrics").text
+    assert metric_sum(after_disconnect, "sr_queue_depth") == 0
+    assert metric(after_disconnect, "sr_requests_total", model="mdsr", scale="4", status="499") == 1
 
     async def drain():
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:

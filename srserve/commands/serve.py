@@ -9,7 +9,17 @@ from __future__ import annotations
 HELP = "serve models over HTTP (POST /upscale) with cross-request tile batching"
 
 
+EPILOG = """Every setting (the flags above and more: limits, API keys, CORS, timeouts) is also read from
+SR_<NAME> environment variables and from the --config file; flags win, then the environment,
+then the file. The full table: README, "Serving". SIGTERM drains: accepted requests finish,
+new ones get 503, then the process exits 0."""
+
+
 def add_arguments(p) -> None:
+    import argparse
+
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     # defaults are None: an unset flag leaves the environment / config file / default in charge
     p.set_defaults(repository=None)
     p.add_argument("--config", metavar="FILE", help="YAML, JSON or TOML settings file (or $SR_CONFIG_FILE)")
