@@ -47,6 +47,16 @@ def tile_arg(text: str) -> int | None:
     return value
 
 
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def positive(kind):
     def parse(text: str):
         try:
@@ -73,7 +83,7 @@ def add_arguments(p) -> None:
     p.add_argument("--height", type=positive(int), metavar="H", help="output height (with --width: exact size)")
     p.add_argument("--tile", type=tile_arg, default=None, metavar="N|auto",
                    help="LR tile size; 0 = whole image; auto (default) = from free memory")
-    p.add_argument("--tile-margin", type=int, metavar="M", help="LR context per tile side (default per model)")
+    p.add_argument("--tile-margin", type=non_negative, metavar="M", help="LR context per tile side (default per model)")
     p.add_argument("--tile-batch", type=positive(int), default=1, metavar="B", help="tiles per backend call")
     p.add_argument("--exact", action="store_true", help="margin >= receptive radius, crop-stitch (= untiled)")
     p.add_argument("--self-ensemble", action="store_true", help="geometric self-ensemble x8 (8x slower)")
