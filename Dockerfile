@@ -62,9 +62,12 @@ RUN python3 -m venv /opt/venv \
 
 # ---------------------------------------------------------------- CPU: runtime image
 FROM ${BASE} AS cpu
+COPY model_repository /opt/srserve/model_repository
+# a+rX: safetensors writes weights with mode 0600, and the server runs as uid 10001.
 RUN useradd --system --uid 10001 --user-group --home-dir /opt/srserve --shell /usr/sbin/nologin srserve \
- && mkdir -p /var/cache/srserve /opt/srserve \
- && chown srserve:srserve /var/cache/srserve
+ && mkdir -p /var/cache/srserve \
+ && chown srserve:srserve /var/cache/srserve \
+ && chmod -R a+rX /opt/srserve/model_repository
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SR_HOST=0.0.0.0 \
@@ -81,7 +84,6 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
 # exits 0. Host and port come from SR_HOST / SR_PORT, which the healthcheck reads too.
 CMD ["srserve", "serve"]
 USER 10001:10001
-COPY model_repository /opt/srserve/model_repository
 COPY --from=cpu-builder /opt/venv /opt/venv
 
 # ---------------------------------------------------------------- GPU: Python on the CUDA base
@@ -110,9 +112,12 @@ RUN python3 -m venv /opt/venv \
 
 # ---------------------------------------------------------------- GPU: runtime image
 FROM gpu-python AS gpu
+COPY model_repository /opt/srserve/model_repository
+# a+rX: safetensors writes weights with mode 0600, and the server runs as uid 10001.
 RUN useradd --system --uid 10001 --user-group --home-dir /opt/srserve --shell /usr/sbin/nologin srserve \
- && mkdir -p /var/cache/srserve /opt/srserve \
- && chown srserve:srserve /var/cache/srserve
+ && mkdir -p /var/cache/srserve \
+ && chown srserve:srserve /var/cache/srserve \
+ && chmod -R a+rX /opt/srserve/model_repository
 # tensorrt_libs: the TensorRT shared libraries of the tensorrt-cu13 wheel, for onnxruntime's
 # TensorRT execution provider (the tensorrt Python module finds them on its own).
 ENV PATH=/opt/venv/bin:$PATH \
@@ -133,7 +138,6 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=900s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SR_PORT', '8000'), timeout=4)"]
 CMD ["srserve", "serve"]
 USER 10001:10001
-COPY model_repository /opt/srserve/model_repository
 COPY --from=gpu-builder /opt/venv /opt/venv
 
 # ---------------------------------------------------------------- default target

@@ -2,11 +2,14 @@
 
 The container runs as the image's non-root user with the restrictions of the Kubernetes manifests
 (read-only root filesystem with a /tmp tmpfs, no capabilities, no privilege escalation) on host
-networking bound to 127.0.0.1. Checks, in order: /readyz turns 200; Docker's HEALTHCHECK reports
-healthy; POST /upscale of a real image gives the right size and matches the host's
-`srserve upscale` of the same model; a corrupt image gives a 400 JSON error; /metrics counts
-it all; SIGTERM during a long request turns /readyz to 503, the request still completes, and the
-container exits 0. Needs DOCKER_HOST set to the daemon that holds the image.
+networking bound to 127.0.0.1. Checks, in order: the image runs as non-root and has no compilers;
+with the baked-in repository, /readyz turns 200, Docker's HEALTHCHECK reports healthy and
+/v1/models lists exactly the shipped models; then, with a small random-weight EDSR repository
+mounted over the baked-in one (the documented override), POST /upscale of a real image gives the
+right size and matches the host's `srserve upscale` of the same model, a corrupt image gives a
+400 JSON error, /metrics counts it all, and SIGTERM during a long request turns /readyz and new
+work to 503 while the request still completes, then the container exits 0. Needs DOCKER_HOST set
+to the daemon that holds the image.
 
     python docker/check_container.py --image srserve-test:cpu --name srserve-test
 """
@@ -24,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +35,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets" / "benchmark"
-DRAIN_TIMEOUT_S = 60
+DRAIN_TIMEOUT_S = 120  # generous: the long request below must finish inside it on a loaded machine
+IMAGE_REPOSITORY = "/opt/srserve/model_repository"  # SR_REPOSITORY in the image
+TINY_EDSR = {"n_resblocks": 2, "n_feats": 16, "scale": 2}
 MIN_PSNR_DB = 40.0  # container vs host: same code and weights; only tiling/threads may differ
 
 
@@ -57,15 +63,16 @@ def free_port() -> int:
 
 
 def http(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
-         timeout: float = 30) -> tuple[int, dict, bytes]:
+         timeout: float = 30) -> tuple[int, Message, bytes]:
+    """(status, headers with case-insensitive get, body); HTTP errors are answers, not exceptions."""
     request = urllib.request.Request(url, data=body, method=method)
     if content_type:
         request.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -89,9 +96,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def start_container(image: str, name: str, port: int) -> None:
-    docker("rm", "-f", name, check=False)
-    docker("run", "-d", "--name", name, "--network", "host",
+def start_container(image: str, name: str, port: int, repository: Path | None = None) -> None:
+    """Like the Kubernetes pod: read-only root, /tmp tmpfs, no capabilities; ``repository``
+    mounted read-only over the baked-in one."""
+    docker("rm", "-f", "-v", name, check=False)
+    mount = ["-v", f"{repository}:{IMAGE_REPOSITORY}:ro"] if repository else []
+    docker("run", "-d", "--name", name, "--network", "host", *mount,
            "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
            "--health-interval", "2s", "--health-start-period", "300s",
            "-e", "SR_HOST=127.0.0.1", "-e", f"SR_PORT={port}", "-e", f"SR_DRAIN_TIMEOUT_S={DRAIN_TIMEOUT_S}",
@@ -113,6 +123,9 @@ def wait_ready(base: str, name: str, timeout_s: float = 600) -> float:
             status, _, _ = http("GET", f"{base}/readyz", timeout=5)
             if status == 200:
                 return time.monotonic() - start
+            status, _, body = http("GET", f"{base}/healthz", timeout=5)
+            if status != 200:  # startup failed: the server stays up to say why
+                raise CheckFailed(f"/healthz {status}: {body[:300].decode(errors='replace')}")
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
@@ -130,26 +143,43 @@ def wait_healthy(name: str, timeout_s: float = 60) -> None:
     raise CheckFailed(f"Docker healthcheck never turned healthy: {json.dumps(health)[:500]}")
 
 
-def choose_model(models: dict) -> tuple[str, int]:
-    """A trained network when the image has one (its smallest scale), else bicubic."""
-    served = models["models"]
-    networks = [m for m in served if m["name"] != "bicubic" and not m.get("needs_degradation")]
-    model = networks[0] if networks else next(m for m in served if m["name"] == "bicubic")
-    return model["name"], min(model["scales"])
+def check_shipped_models(models: dict) -> None:
+    """The baked-in repository is the shipped model_repository/ (plus the built-in bicubic)."""
+    served = {m["name"] for m in models["models"]}
+    shipped = {p.parent.name for p in (REPO / "model_repository").glob("*/model.json")}
+    if served != shipped | {"bicubic"}:
+        raise CheckFailed(f"/v1/models serves {sorted(served)}, the shipped repository has {sorted(shipped)}")
+    log(f"baked-in repository: {sorted(served)}")
 
 
-def host_reference(model: str, scale: int, image: bytes) -> np.ndarray:
+def tiny_repository(root: Path) -> Path:
+    """A small random-weight EDSR, to serve a real network without trained weights."""
+    import torch
+
+    from srserve.models.registry import build_network
+    from srserve.models.repository import Repository
+
+    torch.manual_seed(0)
+    net = build_network("edsr", TINY_EDSR)
+    Repository(root).add_weights("tiny-edsr", "edsr", TINY_EDSR, net.state_dict(), description="check_container")
+    # The container's user (uid 10001) must read a mounted repository; safetensors writes 0600.
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def host_reference(repository: Path, model: str, scale: int, image: bytes) -> np.ndarray:
     """The same upscale by the host's srserve (same repository, same code)."""
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "in.png", Path(tmp) / "out.png"
         source.write_bytes(image)
-        subprocess.run([sys.executable, "-m", "srserve", "upscale", "--repository", str(REPO / "model_repository"),
+        subprocess.run([sys.executable, "-m", "srserve", "upscale", "--repository", str(repository),
                         "--model", model, "--scale", str(scale), "--quiet", str(source), str(target)],
                        check=True, cwd=REPO)
         return np.asarray(Image.open(target).convert("RGB"))
 
 
-def check_upscale(base: str, model: str, scale: int) -> None:
+def check_upscale(base: str, repository: Path, model: str, scale: int) -> None:
     name, image = test_image()
     lr = Image.open(io.BytesIO(image))
     status, headers, body = http("POST", f"{base}/upscale?model={model}&scale={scale}", image, "image/png",
@@ -163,7 +193,7 @@ def check_upscale(base: str, model: str, scale: int) -> None:
                           f"{expected_size[1]}x{expected_size[0]}")
     if headers.get("X-Model") != model or headers.get("X-Scale") != str(scale):
         raise CheckFailed(f"headers X-Model/X-Scale: {headers.get('X-Model')}/{headers.get('X-Scale')}")
-    reference = host_reference(model, scale, image)
+    reference = host_reference(repository, model, scale, image)
     quality = psnr(result, reference)
     if quality < MIN_PSNR_DB:
         raise CheckFailed(f"container result differs from the host's: PSNR {quality:.1f} dB < {MIN_PSNR_DB}")
@@ -212,7 +242,7 @@ def check_metrics(base: str, model: str, scale: int) -> None:
 
 def check_drain(base: str, name: str) -> None:
     """SIGTERM with a long request in flight: readyz 503, the request completes, exit 0."""
-    side = 1536  # bicubic x4 to 6144x6144: seconds of work, so the drain window is observable
+    side = 1024  # bicubic x4 to 4096x4096: seconds of work, so the drain window is observable
     rng = np.random.default_rng(0)
     image = png_bytes(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
     outcome: dict = {}
@@ -290,11 +320,17 @@ def main() -> int:
         status, _, body = http("GET", f"{base}/v1/models")
         if status != 200:
             raise CheckFailed(f"/v1/models: {status}")
-        model, scale = choose_model(json.loads(body))
-        check_upscale(base, model, scale)
-        check_bad_image(base, model)
-        check_metrics(base, model, scale)
-        check_drain(base, args.name)
+        check_shipped_models(json.loads(body))
+        docker("rm", "-f", "-v", args.name)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            repository = tiny_repository(Path(tmp) / "repository")
+            start_container(args.image, args.name, port, repository)
+            log(f"mounted repository: ready after {wait_ready(base, args.name):.1f}s")
+            check_upscale(base, repository, "tiny-edsr", TINY_EDSR["scale"])
+            check_bad_image(base, "tiny-edsr")
+            check_metrics(base, "tiny-edsr", TINY_EDSR["scale"])
+            check_drain(base, args.name)
     except CheckFailed as exc:
         log(f"FAILED: {exc}")
         return 1
