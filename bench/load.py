@@ -17,7 +17,9 @@ What it does, in one run so the ratios are side by side:
 3. **served / bare** throughput (the issue's target: >= 0.9) and CPU seconds per output MP of
    the server process vs the bare run. ``busy`` is the fraction of the load's wall time the
    server's inference thread spent in the backend (from ``sr_inference_duration_seconds``):
-   near 1 means the serving machinery keeps the backend fed, whatever the machine's noise.
+   near 1 means the serving machinery keeps the backend fed, whatever the machine's noise; the
+   backend time per tile in the server vs the bare run shows how much the other work of the
+   server and the clients (decoding, encoding, HTTP) slowed the backend down on shared cores.
 
 Without ``--repository`` the models are random-weight networks with the shipped models'
 hyper-parameters (``train/configs``: EDSR and MDSR with 8 blocks of 32 features) in a temporary
@@ -167,7 +169,8 @@ def bare_throughput(repository: Path, args, jobs: list["Job"], seconds: float, b
             rounds += 1
         elapsed, cpu = time.perf_counter() - started, process_cpu_seconds(os.getpid()) - cpu0
         mp = rounds * out_pixels / 1e6
-        result.update(rounds=rounds, seconds=elapsed, tiles_per_round=sum(len(b) for _, b in batches),
+        tiles = rounds * sum(len(b) for _, b in batches)
+        result.update(rounds=rounds, seconds=elapsed, tiles_per_round=tiles // rounds, backend_s_per_tile=elapsed / tiles,
                       mp_per_s=mp / elapsed, images_per_s=rounds * len(jobs) / elapsed, cpu_s_per_mp=cpu / mp)
 
     thread = threading.Thread(target=measure, name="bare-backend")
@@ -263,7 +266,8 @@ async def run_load(url: str, args, jobs: list[Job], pid: int | None = None) -> d
         elapsed = time.perf_counter() - started
         cpu = (process_cpu_seconds(pid) if pid else float("nan")) - cpu0
         after = (await client.get("/metrics")).text
-    busy = metric_delta(before, after, "sr_inference_duration_seconds_sum") / elapsed
+    in_backend = metric_delta(before, after, "sr_inference_duration_seconds_sum")
+    busy = in_backend / elapsed
     tiles = metric_delta(before, after, "sr_batch_size_sum")
     calls = metric_delta(before, after, "sr_batch_size_count")
     q = np.percentile(latencies, [50, 95, 99]) if latencies else [float("nan")] * 3
@@ -272,7 +276,8 @@ async def run_load(url: str, args, jobs: list[Job], pid: int | None = None) -> d
             "mean_s": statistics.fmean(latencies) if latencies else float("nan"),
             "rps": len(latencies) / elapsed, "mp_per_s": served_pixels / elapsed / 1e6,
             "cpu_s_per_mp": cpu / (served_pixels / 1e6) if served_pixels else float("nan"),
-            "mean_batch": tiles / calls if calls else float("nan"), "busy": busy}
+            "mean_batch": tiles / calls if calls else float("nan"), "busy": busy,
+            "backend_s_per_tile": in_backend / tiles if tiles else float("nan")}
 
 
 def metric_delta(before: str, after: str, name: str) -> float:
@@ -327,7 +332,8 @@ def main(argv=None) -> int:
         print_row("served, batch 1", off)
     for batch, srv, bare in ((args.batch, on, bare_on), (1, off, bare_off)):
         print(f"served/bare, batch {batch}: throughput {srv['mp_per_s'] / bare['mp_per_s']:.2f}, CPU efficiency "
-              f"{bare['cpu_s_per_mp'] / srv['cpu_s_per_mp']:.2f} (target >= 0.9)")
+              f"{bare['cpu_s_per_mp'] / srv['cpu_s_per_mp']:.2f} (target >= 0.9); backend time per tile "
+              f"{srv['backend_s_per_tile']:.3f}s served vs {bare['backend_s_per_tile']:.3f}s bare")
     print(f"served batching on/off: throughput {on['mp_per_s'] / off['mp_per_s']:.2f}")
     if args.json:
         print(json.dumps({"args": vars(args), "bare_on": bare_on, "bare_off": bare_off, "batching_on": on,

@@ -135,10 +135,16 @@ class ImageWork:
         return self.future.done()
 
     def resolve(self, result: torch.Tensor) -> None:
-        self.loop.call_soon_threadsafe(_set_result, self.future, result)
+        self._call_in_loop(_set_result, result)
 
     def fail(self, exc: BaseException) -> None:
-        self.loop.call_soon_threadsafe(_set_exception, self.future, exc)
+        self._call_in_loop(_set_exception, exc)
+
+    def _call_in_loop(self, fn, value) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, self.future, value)
+        except RuntimeError:  # the event loop is closed: nobody waits for this request any more
+            pass
 
 
 def _set_result(future: asyncio.Future, value) -> None:
@@ -227,9 +233,21 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stops after the running batch; queued tiles and calls are dropped (the server has
+        drained first, so only requests past the drain timeout lose their work)."""
         with self._cond:
             self._stopping = True
+            dropped = [job for queue in self._queues.values() for lane in queue.lanes.values() for job in lane]
+            calls = list(self._calls)
+            self._queues.clear()
+            self._calls.clear()
+            self._queued = 0
             self._cond.notify_all()
+        self._count_dequeued(dropped)
+        for _, future in calls:
+            future.cancel()
+        for work in {id(job.work): job.work for job in dropped}.values():
+            work.fail(RuntimeError("the server stopped before this request finished"))
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._collector.shutdown(wait=True)
@@ -301,10 +319,10 @@ class Scheduler:
     def _next_item(self):
         """Waits (lock held) for a call or a ready batch; None when stopping with nothing left."""
         while True:
+            if self._stopping:
+                return None
             if self._calls:
                 return "call", self._calls.popleft()
-            if self._stopping and not self._queued:
-                return None
             now = time.monotonic()
             queue, wait = self._pick(now)
             if queue is not None:
@@ -323,7 +341,7 @@ class Scheduler:
         best, best_since, next_due = None, None, None
         for queue in self._queues.values():
             oldest = queue.oldest()
-            if queue.size >= self.max_batch or now - oldest >= self.max_delay_s or self._stopping:
+            if queue.size >= self.max_batch or now - oldest >= self.max_delay_s:
                 since = queue.waiting_since()
                 if best is None or since < best_since:
                     best, best_since = queue, since

@@ -213,3 +213,22 @@ def test_deadline_passed_tiles_are_not_run():
 
     queued, done = run_scheduler(scenario, max_batch=2)
     assert queued == 0 and runner.batches == [] and not done
+
+
+def test_stop_drops_queued_work_and_fails_its_requests():
+    runner = RecordingRunner(delay=0.05)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        scheduler = Scheduler(torch.device("cpu"), 1, 0.0, Metrics())
+        scheduler.start()
+        work = make_work(runner, loop, 64, 64, 8)  # 64 tiles, 50 ms each
+        scheduler.submit(work)
+        await asyncio.sleep(0.02)
+        await loop.run_in_executor(None, scheduler.stop)
+        with pytest.raises(RuntimeError, match="stopped"):
+            await work.future
+        return scheduler.queued_tiles
+
+    assert asyncio.run(main()) == 0
+    assert len(runner.batches) <= 2  # the batch running when it stopped, not the 64
