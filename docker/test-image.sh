@@ -41,10 +41,12 @@ done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/srserve-image.XXXXXX")
 export DOCKER_HOST="unix://$WORK/docker.sock"
 DOCKERD_PID=""
+BG_PID=""
 
 cleanup() {
     local rc=$?
     set +e
+    [ -n "$BG_PID" ] && kill "$BG_PID" 2>/dev/null
     if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
         docker rm -f -v "$CONTAINER" >/dev/null 2>&1
         docker image rm -f "$IMAGE_TAG" "$BASE_TAG" >/dev/null 2>&1
@@ -63,6 +65,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# Long steps run in the background and are waited for, so that SIGTERM/SIGINT reach the trap (and
+# the cleanup) at once instead of after the step.
+bg() { "$@" & BG_PID=$!; wait "$BG_PID"; }
 
 start_dockerd() {  # $1: storage driver; returns non-zero when the daemon does not come up
     rm -rf "$WORK/data" "$WORK/exec"
@@ -82,12 +87,13 @@ start_dockerd() {  # $1: storage driver; returns non-zero when the daemon does n
 }
 
 stop_dockerd() {
-    [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null || return 0
-    kill -TERM "$DOCKERD_PID"
-    for _ in $(seq 1 50); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$DOCKERD_PID" 2>/dev/null && kill -KILL "$DOCKERD_PID"
+    if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        kill -TERM "$DOCKERD_PID"
+        for _ in $(seq 1 50); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
+        kill -0 "$DOCKERD_PID" 2>/dev/null && kill -KILL "$DOCKERD_PID"
+    fi
     DOCKERD_PID=""
-    unmount_under "$WORK"
+    unmount_under "$WORK"  # also after a daemon that failed to start
 }
 
 unmount_under() {  # dockerd leaves a bind mount of the host netns (exec-root/netns/default), overlays, shm
@@ -101,7 +107,7 @@ import_base() {
         docker import - "$BASE_TAG" <"$BASE_CACHE" >/dev/null
         return
     fi
-    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+    bg debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
         bookworm "$WORK/rootfs" "$DEBIAN_MIRROR" >"$WORK/debootstrap.log" 2>&1 \
         || { tail -5 "$WORK/debootstrap.log" >&2; return 1; }
     rm -rf "$WORK/rootfs/var/cache/apt/archives"/*.deb "$WORK/rootfs/var/lib/apt/lists"/*
@@ -132,19 +138,19 @@ log "dockerd $(docker version -f '{{.Server.Version}}') with storage driver $DRI
 phase_done
 
 phase "download wheels"
-"$PYTHON" -m pip download --quiet --disable-pip-version-check -d "$REPO/wheels" \
+bg "$PYTHON" -m pip download --quiet --disable-pip-version-check -d "$REPO/wheels" \
     --only-binary=:all: --python-version 3.11 \
     -r docker/requirements-cpu.txt -r docker/requirements-build.txt
 phase_done
 
 phase "docker build"
-DOCKER_BUILDKIT=0 docker build --network none --quiet \
+bg env DOCKER_BUILDKIT=0 docker build --network none --quiet \
     --build-arg BASE="$BASE_TAG" --build-arg PIP_NO_INDEX=1 \
     --target cpu -t "$IMAGE_TAG" . >/dev/null
 phase_done
 log "image size: $(docker image inspect -f '{{.Size}}' "$IMAGE_TAG" | awk '{printf "%.0f MB", $1/1e6}')"
 
 phase "run and check"
-"$PYTHON" docker/check_container.py --image "$IMAGE_TAG" --name "$CONTAINER"
+bg "$PYTHON" docker/check_container.py --image "$IMAGE_TAG" --name "$CONTAINER"
 phase_done
 log "PASSED"
