@@ -102,8 +102,10 @@ ARG PIP_FIND_LINKS=/build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY docker/requirements-common.txt docker/requirements-gpu.txt wheels* /build/
 COPY --from=wheel /dist /dist
+# tensorrt-cu13 is a source-only meta package (the `tensorrt` module over the pinned
+# tensorrt-cu13-bindings and -libs wheels): the one package allowed to build from source.
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --only-binary=:all: -r /build/requirements-gpu.txt \
+ && /opt/venv/bin/pip install --only-binary=:all: --no-binary=tensorrt-cu13 -r /build/requirements-gpu.txt \
  && /opt/venv/bin/pip install --no-deps /dist/*.whl \
  && /opt/venv/bin/pip check \
  && /opt/venv/bin/srserve serve --help >/dev/null \
