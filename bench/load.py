@@ -322,7 +322,7 @@ def main(argv=None) -> int:
         on = served(repository, args, args.batch, jobs)
         off = served(repository, args, 1, jobs) if args.batch > 1 else on
         bare_off = bare_throughput(repository, args, jobs, args.seconds, 1) if args.batch > 1 else bare_on
-    for batch, bare in ((args.batch, bare_on), (1, bare_off)):
+    for batch, bare in ((args.batch, bare_on), (1, bare_off))[: 1 + (args.batch > 1)]:
         print(f"bare backend, batch {batch}: {bare['mp_per_s']:.3f} output MP/s, {bare['cpu_s_per_mp']:.1f} CPU s/MP "
               f"({bare['images_per_s']:.2f} images/s, {bare['tiles_per_round']} tiles per round, {bare['rounds']} rounds)")
     print(f"{'':<22} {'reqs':>6} {'req/s':>7} {'MP/s':>8} {'CPU s/MP':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
@@ -330,11 +330,12 @@ def main(argv=None) -> int:
     print_row(f"served, batch {args.batch}", on)
     if args.batch > 1:
         print_row("served, batch 1", off)
-    for batch, srv, bare in ((args.batch, on, bare_on), (1, off, bare_off)):
+    for batch, srv, bare in ((args.batch, on, bare_on), (1, off, bare_off))[: 1 + (args.batch > 1)]:
         print(f"served/bare, batch {batch}: throughput {srv['mp_per_s'] / bare['mp_per_s']:.2f}, CPU efficiency "
               f"{bare['cpu_s_per_mp'] / srv['cpu_s_per_mp']:.2f} (target >= 0.9); backend time per tile "
               f"{srv['backend_s_per_tile']:.3f}s served vs {bare['backend_s_per_tile']:.3f}s bare")
-    print(f"served batching on/off: throughput {on['mp_per_s'] / off['mp_per_s']:.2f}")
+    if args.batch > 1:
+        print(f"served batching on/off: throughput {on['mp_per_s'] / off['mp_per_s']:.2f}")
     if args.json:
         print(json.dumps({"args": vars(args), "bare_on": bare_on, "bare_off": bare_off, "batching_on": on,
                           "batching_off": off}))
