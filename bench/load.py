@@ -143,7 +143,7 @@ def bare_throughput(repository: Path, args, jobs: list["Job"], seconds: float, b
     from srserve.service.engine import ServedModel, create_model_backend
     from srserve.models.repository import Repository
 
-    settings = Settings(repository=repository, device=args.device, backend=args.backend,
+    settings = Settings(repository=repository, device=args.device, backend=args.backend, threads=args.threads,
                         tile_size=args.tile_size, max_batch_tiles=args.batch)
     model = ServedModel(create_model_backend(args.model, settings, Repository(repository)), args.tile_size, True)
     by_shape: dict[tuple, list[torch.Tensor]] = {}
