@@ -15,5 +15,5 @@ fi
 for cfg in "${configs[@]}"; do
   [ -f "$cfg" ] || { echo "skip $cfg (missing)"; continue; }
   echo "== $(date -u +%FT%TZ) $cfg"
-  nice -n 10 .venv/bin/srserve train "$cfg" || echo "!! $cfg failed with $?"
+  .venv/bin/srserve train "$cfg" || echo "!! $cfg failed with $?"
 done
