@@ -128,3 +128,56 @@ def test_info_nce_prefers_matching_positives():
     good = info_nce(q, q.clone(), queue, 0.07)
     bad = info_nce(q, torch.eye(4)[2:], queue, 0.07)  # "positives" equal to negatives
     assert good < 0.01 < bad
+
+
+def write_config(tmp_path, image_folder, iterations: int) -> str:
+    import yaml
+
+    path = tmp_path / "tiny_edsr.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny_edsr", "recipe": "edsr", "arch": "edsr", "repository_name": "tiny",
+        "hparams": {"n_resblocks": 1, "n_feats": 8, "scale": 2}, "iterations": iterations,
+        "data": {"folders": [image_folder], "lr_patch": 8, "batch": 2, "cache_dir": str(tmp_path / "cache")},
+        "optim": {"lr": 1e-3, "milestones": [5], "gamma": 0.5},
+        "validation": {"dataset": str(tmp_path / "no-such-set")}, "checkpoint_every": 2}))
+    return str(path)
+
+
+def test_checkpoint_resume_restores_weights_and_iteration(image_folder, tmp_path, monkeypatch):
+    from srserve.train.runner import Trainer, load_config
+
+    monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs"))
+    cfg = load_config(write_config(tmp_path, image_folder, 8))
+    first = Trainer(cfg, tmp_path / "repo")
+    first.run(4)
+    second = Trainer(cfg, tmp_path / "repo")
+    assert second.resume() and second.iteration == 4
+    for (k, a), b in zip(first.recipe.net.state_dict().items(), second.recipe.net.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_run_without_checkpoints_continues_from_published_weights(image_folder, tmp_path, monkeypatch):
+    """A new machine has the repository (in git) but not the run's checkpoints."""
+    from srserve.models.checkpoint import load_checkpoint
+    from srserve.models.repository import Repository
+    from srserve.train.runner import Trainer, load_config, train
+
+    monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs-machine-1"))
+    config = write_config(tmp_path, image_folder, 8)
+    first = Trainer(load_config(config), tmp_path / "repo")
+    first.run(6)
+    first.publish()
+    published = load_checkpoint(tmp_path / "repo" / "tiny" / "x2.safetensors")
+
+    monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs-machine-2"))
+    second = Trainer(load_config(config), tmp_path / "repo")
+    assert second.warm_start_from_published() and second.iteration == 6
+    for k, v in second.recipe.net.state_dict().items():
+        assert torch.equal(v, published[k]), k
+    assert second.recipe.current_lr() == pytest.approx(5e-4)  # the schedule is where it was (milestone 5 passed)
+
+    finished = train(config, str(tmp_path / "repo"))
+    assert finished.iteration == 8
+    entry = Repository(tmp_path / "repo").get("tiny")
+    assert entry.weights[0].source["iterations"] == 8 and entry.weights[0].source["warm_starts"] == [6]
+    assert Trainer(load_config(config), tmp_path / "repo").published_progress() is None  # finished: nothing to continue

@@ -64,7 +64,7 @@ def make_lr_images(hr: list[np.ndarray], files: list[Path], scale: int, cache_di
     lr = [imresize_uint8(modcrop(img, scale), 1 / scale) for img in tqdm(hr, desc=f"LR x{scale}", leave=False)]
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # runs in parallel may build the same cache
         np.savez(tmp, **{f"a{i}": a for i, a in enumerate(lr)})
         tmp.replace(cache)
     return lr

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Trains the shipped default models one after another, each resuming from its last checkpoint,
-# so the script can be killed and re-run at any time (also across machines' sessions).
-# Usage: train/queue.sh [CONFIG.yaml ...]   (default: the DEFAULT_CONFIGS list below)
+# Trains the shipped default models one after another. Each run continues where it stopped: from
+# its checkpoint in $SR_RUNS, or, on a machine without it, from the weights it published into
+# model_repository/ (which travel with git). So the script can be killed and re-run at any time.
+# Usage: train/queue.sh [NAME[:MINUTES] ...]   e.g. train/queue.sh edsr_x2:30 mdsr:60
+#   NAME is a config in train/configs/; MINUTES caps this call's training time for it.
+#   Default: every config of DEFAULT_CONFIGS, each to its end. SR_TRAIN_THREADS sets CPU threads.
 # Checkpoints go to $SR_RUNS (default ~/.cache/srserve/runs, outside the work tree).
 set -u
 cd "$(dirname "$0")/.."
 export SR_RUNS=${SR_RUNS:-$HOME/.cache/srserve/runs}
 export SR_DATASETS=${SR_DATASETS:-$(cd .. && pwd)/shared/datasets}
 DEFAULT_CONFIGS=(edsr_x2 edsr_x4 edsr_x3 mdsr vdsr esrgan_psnr dasr)
-configs=("$@")
-if [ ${#configs[@]} -eq 0 ]; then
-  for name in "${DEFAULT_CONFIGS[@]}"; do configs+=("train/configs/$name.yaml"); done
-fi
-for cfg in "${configs[@]}"; do
+plan=("$@")
+[ ${#plan[@]} -eq 0 ] && plan=("${DEFAULT_CONFIGS[@]}")
+for item in "${plan[@]}"; do
+  name=${item%%:*}
+  cfg=train/configs/$name.yaml
   [ -f "$cfg" ] || { echo "skip $cfg (missing)"; continue; }
-  echo "== $(date -u +%FT%TZ) $cfg"
-  .venv/bin/srserve train "$cfg" || echo "!! $cfg failed with $?"
+  args=()
+  [[ $item == *:* ]] && args+=(--minutes "${item#*:}")
+  [ -n "${SR_TRAIN_THREADS:-}" ] && args+=(--threads "$SR_TRAIN_THREADS")
+  echo "== $(date -u +%FT%TZ) $cfg ${args[*]}"
+  .venv/bin/srserve train "$cfg" "${args[@]}" || echo "!! $cfg failed with $?"
 done
+echo "== $(date -u +%FT%TZ) done"

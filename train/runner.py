@@ -12,6 +12,7 @@ import json
 import platform
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ class Trainer:
         self.iteration = 0
         self.elapsed = 0.0  # training wall time over all sessions
         self.best: dict = {}
+        self.warm_starts: list[int] = []  # iterations where a run continued from published weights
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -77,7 +79,7 @@ class Trainer:
             "modules": {k: m.state_dict() for k, m in r.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in r.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in r.schedulers.items()},
-            "extra": r.extra_state() if hasattr(r, "extra_state") else {},
+            "extra": r.extra_state() if hasattr(r, "extra_state") else {}, "warm_starts": self.warm_starts,
             "torch_rng": torch.get_rng_state(), "sampler_rng": json.dumps(r.sampler.rng_state()),
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -101,6 +103,48 @@ class Trainer:
         r.sampler.set_rng_state(json.loads(state["sampler_rng"]))
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
         self.best = json.loads(state["best"])
+        self.warm_starts = list(state.get("warm_starts", []))
+        return True
+
+    def published_progress(self) -> dict | None:
+        """The training facts of weights this same config published earlier, if they are behind."""
+        try:
+            entry = self.repository.get(self.cfg.repository_name)
+        except Exception:  # no such entry yet
+            return None
+        for weights in entry.weights:
+            source = weights.source
+            same_run = (Path(source.get("config", "")).name == Path(self.cfg.path or "").name and sorted(weights.scales) == sorted(self.recipe.scales)
+                        and weights.hparams == self.recipe.hparams)
+            if same_run and 0 < int(source.get("iterations", 0)) < self.cfg.iterations:
+                return {"path": entry.path / weights.file, **source}
+        return None
+
+    def warm_start_from_published(self) -> bool:
+        """Continues a run whose checkpoints are gone (a new machine) from its published weights.
+
+        Weights, iteration count, wall time and best validation come back; optimiser moments do
+        not (Adam rebuilds them in a few dozen steps) and the card records where that happened.
+        """
+        source = self.published_progress()
+        if source is None:
+            return False
+        from srserve.models.checkpoint import load_checkpoint
+
+        state = load_checkpoint(source["path"])
+        self.recipe.net.load_state_dict(state, strict=True)
+        if self.recipe.ema_net is not None:
+            self.recipe.ema_net.load_state_dict(state, strict=True)
+        if hasattr(self.recipe, "after_warm_start"):
+            self.recipe.after_warm_start()
+        self.iteration, self.elapsed = int(source["iterations"]), float(source.get("wall_time_s", 0))
+        self.best = dict(source.get("validation") or {})
+        self.warm_starts = [*source.get("warm_starts", []), self.iteration]
+        with warnings.catch_warnings():  # stepping schedulers without optimiser steps is intended here
+            warnings.simplefilter("ignore")
+            for sched in self.recipe.schedulers.values():
+                for _ in range(self.iteration):
+                    sched.step()
         return True
 
     # --- validation and logging ---------------------------------------------------------
@@ -129,8 +173,11 @@ class Trainer:
         keys = [k for k in val if k.startswith("val_psnr")]
         return not self.best or sum(val[k] for k in keys) > sum(self.best.get(k, float("-inf")) for k in keys)
 
-    def run(self, iterations: int | None = None, publish_progress: bool = False) -> None:
+    def run(self, iterations: int | None = None, publish_progress: bool = False, minutes: float | None = None) -> None:
+        """Trains up to ``iterations`` (default: the config's), or for ``minutes`` of wall time
+        this session, whichever ends first; the last step always validates and checkpoints."""
         total = iterations or self.cfg.iterations
+        deadline = time.monotonic() + minutes * 60 if minutes else float("inf")
         if self.iteration == 0 and self.cfg.init_from:
             initialise_from(self.recipe, self.cfg.init_from)
         bar = tqdm(total=total, initial=self.iteration, desc=self.cfg.name, dynamic_ncols=True)
@@ -143,13 +190,14 @@ class Trainer:
             for k, v in losses.items():
                 running[k] = running.get(k, 0.0) + float(v)
             bar.update(1)
+            last = self.iteration == total or time.monotonic() >= deadline
             if self.iteration % self.cfg.log_every == 0:
                 avg = {k: round(v / self.cfg.log_every, 4) for k, v in running.items()}
                 running = {}
                 bar.set_postfix(avg)
                 self.log({"iteration": self.iteration, "elapsed_s": round(self.elapsed, 1),
                           "lr": self.recipe.current_lr(), "losses": json.dumps(avg)})
-            if self.iteration % self.cfg.validate_every == 0 or self.iteration == total:
+            if self.iteration % self.cfg.validate_every == 0 or last:
                 val = self.validate()
                 if val:
                     bar.write(f"{self.cfg.name} it {self.iteration}: {val}")
@@ -159,8 +207,10 @@ class Trainer:
                         self.best = {**val, "iteration": self.iteration}
                         if publish_progress:
                             self.publish()  # the repository always holds the best weights so far
-            if self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == total:
+            if self.iteration % self.cfg.checkpoint_every == 0 or last:
                 self.save_checkpoint()
+            if last:
+                break
         bar.close()
 
     # --- publishing ------------------------------------------------------------------------
@@ -175,7 +225,7 @@ class Trainer:
             "trained_by": "srserve train", "config": str(cfg.path), "recipe": cfg.recipe,
             "iterations": self.iteration, "wall_time_s": round(self.elapsed), "hardware": hardware_description(self.device),
             "data": cfg.data.get("folders"), "batch": cfg.data.get("batch"), "lr_patch": cfg.data.get("lr_patch"),
-            "validation": self.best, "date": time.strftime("%Y-%m-%d"),
+            "validation": self.best, **({"warm_starts": self.warm_starts} if self.warm_starts else {}), "date": time.strftime("%Y-%m-%d"),
         }
         entry = self.repository.add_weights(cfg.repository_name, arch, self.recipe.hparams, state, source=source,
                                             description=cfg.description, license="Apache-2.0 (weights trained by srserve)",
@@ -189,12 +239,18 @@ class Trainer:
 
 def train(config_path: str, repository: str = "model_repository", *, resume: bool = True,
           iterations: int | None = None, device: str | None = None, publish: bool = True,
-          publish_only: bool = False) -> Trainer:
-    trainer = Trainer(load_config(config_path), repository, device)
+          publish_only: bool = False, minutes: float | None = None, threads: int | None = None) -> Trainer:
+    cfg = load_config(config_path)
+    if threads:
+        cfg.threads = threads
+    trainer = Trainer(cfg, repository, device)
     if resume and trainer.resume():
         print(f"resumed {trainer.cfg.name} at iteration {trainer.iteration}")
+    elif resume and not publish_only and trainer.warm_start_from_published():
+        print(f"no checkpoint in {trainer.cfg.run_dir}: continuing {trainer.cfg.name} from its published weights "
+              f"at iteration {trainer.iteration} (optimiser state starts afresh)")
     if not publish_only:
-        trainer.run(iterations, publish_progress=publish)
+        trainer.run(iterations, publish_progress=publish, minutes=minutes)
     if publish_only or (publish and not trainer.best):  # no validation data: publish the final weights
         trainer.publish()
     return trainer

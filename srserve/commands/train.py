@@ -7,6 +7,10 @@ HELP = "train a model from a YAML recipe config (resumes from its last checkpoin
 def add_arguments(p) -> None:
     p.add_argument("configs", nargs="+", metavar="CONFIG.yaml", help="configs run one after another (train/configs/)")
     p.add_argument("--iterations", type=int, help="override the config's total iterations")
+    p.add_argument("--minutes", type=float,
+                   help="stop each config after this much training time (validated, checkpointed, published); "
+                        "a later call continues it")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the config's)")
     p.add_argument("--device", help="cpu or cuda (default: the config's)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring runs/NAME/last.pt")
     p.add_argument("--no-publish", dest="publish", action="store_false",
@@ -20,5 +24,5 @@ def run(args) -> int:
 
     for config in args.configs:
         train(config, args.repository, resume=args.resume, iterations=args.iterations, device=args.device,
-              publish=args.publish, publish_only=args.publish_only)
+              publish=args.publish, publish_only=args.publish_only, minutes=args.minutes, threads=args.threads)
     return 0

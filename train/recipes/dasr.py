@@ -59,6 +59,10 @@ class DASRRecipe(Recipe):
         self.optimizers["net"] = adam(self.net.G.parameters(), cfg.optim)
         self.schedulers["net"] = step_decay(self.optimizers["net"], cfg.optim)
 
+    def after_warm_start(self) -> None:
+        """The key encoder restarts as a copy of the (published) query encoder, as at MoCo's start."""
+        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
+
     def extra_state(self) -> dict:
         return {"queue": self.queue.keys, "queue_ptr": self.queue.ptr}
 
