@@ -145,3 +145,20 @@ def test_list_shows_bicubic_and_imported_models(tmp_path, capsys):
     assert rows["vdsr"]["params"] == sum(v.numel() for v in tiny_vdsr_state().values())
     assert (rows["edsr-tiny"]["architecture"], rows["edsr-tiny"]["scales"]) == ("edsr", [2])
     assert rows["edsr-tiny"]["size_bytes"] == (repo / "edsr-tiny" / "x2.safetensors").stat().st_size
+
+
+def test_list_benchmarks_prints_the_measured_table_of_each_card(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    tiny_edsr_checkpoint(tmp_path / "edsr_x2.pt")
+    assert main(import_args(tmp_path / "edsr_x2.pt", "edsr-tiny", repo)) == 0
+    model_json = repo / "edsr-tiny" / "model.json"
+    data = json.loads(model_json.read_text())
+    data["benchmarks"] = [{"dataset": "Set14", "scale": 2, "psnr": 31.0, "ssim": 0.9, "bicubic": 30.23},
+                          {"dataset": "Set5", "scale": 2, "psnr": 36.5, "ssim": 0.95, "bicubic": 33.68}]
+    model_json.write_text(json.dumps(data))
+    capsys.readouterr()
+
+    assert main(["list", "--benchmarks", "--repository", str(repo)]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [[c.strip() for c in r[1:]] for r in rows] == [
+        ["x2", "Set5", "36.50", "0.9500", "33.68", "+2.82"], ["x2", "Set14", "31.00", "0.9000", "30.23", "+0.77"]]

@@ -1,4 +1,4 @@
-"""``srserve list [--json]``: the repository's models plus the built-in ``bicubic``.
+"""``srserve list [--json | --benchmarks]``: the repository's models plus the built-in ``bicubic``.
 
 Parameter counts come from the safetensors headers (number of stored values; no network is built),
 so listing a large repository is instant.
@@ -10,14 +10,34 @@ HELP = "list the models in the repository (and the built-in bicubic)"
 
 def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON array of objects")
+    p.add_argument("--benchmarks", action="store_true",
+                   help="print the PSNR/SSIM each model's card measured (Markdown table)")
 
 
 def run(args) -> int:
     import json
 
+    if args.benchmarks:
+        print(benchmark_table(args.repository))
+        return 0
     rows = model_rows(args.repository)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
+
+
+def benchmark_table(root) -> str:
+    """The measured Y-PSNR table recorded in every model.json (written by ``srserve train``)."""
+    from srserve.models.repository import Repository
+
+    repo = Repository(root)
+    lines = ["| model | scale | dataset | PSNR (dB) | SSIM | bicubic | gain |", "|---|---|---|---|---|---|---|"]
+    for name in repo.names():
+        entry = repo.get(name)
+        title = entry.extra.get("display_name", name)
+        for b in sorted(entry.extra.get("benchmarks", []), key=lambda b: (b["scale"], b["dataset"] != "Set5", b["dataset"])):
+            lines.append(f"| `{name}`: {title} | x{b['scale']} | {b['dataset']} | {b['psnr']:.2f} | {b['ssim']:.4f} "
+                         f"| {b['bicubic']:.2f} | {b['psnr'] - b['bicubic']:+.2f} |")
+    return "\n".join(lines)
 
 
 def model_rows(root) -> list[dict]:
