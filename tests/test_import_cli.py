@@ -160,5 +160,6 @@ def test_list_benchmarks_prints_the_measured_table_of_each_card(tmp_path, capsys
 
     assert main(["list", "--benchmarks", "--repository", str(repo)]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
-    assert [[c.strip() for c in r[1:]] for r in rows] == [
+    assert all(r[1].strip().startswith("x2.safetensors, 0.") for r in rows)
+    assert [[c.strip() for c in r[2:]] for r in rows] == [
         ["x2", "Set5", "36.50", "0.9500", "33.68", "+2.82"], ["x2", "Set14", "31.00", "0.9000", "30.23", "+0.77"]]

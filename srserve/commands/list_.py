@@ -30,12 +30,14 @@ def benchmark_table(root) -> str:
     from srserve.models.repository import Repository
 
     repo = Repository(root)
-    lines = ["| model | scale | dataset | PSNR (dB) | SSIM | bicubic | gain |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | weights | scale | dataset | PSNR (dB) | SSIM | bicubic | gain |", "|---|---|---|---|---|---|---|---|"]
     for name in repo.names():
         entry = repo.get(name)
         title = entry.extra.get("display_name", name)
         for b in sorted(entry.extra.get("benchmarks", []), key=lambda b: (b["scale"], b["dataset"] != "Set5", b["dataset"])):
-            lines.append(f"| `{name}`: {title} | x{b['scale']} | {b['dataset']} | {b['psnr']:.2f} | {b['ssim']:.4f} "
+            weights = entry.path / entry.weights_for(b["scale"]).file
+            size = f"{weights.name}, {stored_values(weights) / 1e6:.2f} M params, {weights.stat().st_size / 2**20:.1f} MiB"
+            lines.append(f"| `{name}`: {title} | {size} | x{b['scale']} | {b['dataset']} | {b['psnr']:.2f} | {b['ssim']:.4f} "
                          f"| {b['bicubic']:.2f} | {b['psnr'] - b['bicubic']:+.2f} |")
     return "\n".join(lines)
 
