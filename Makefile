@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-all lint clean
+.PHONY: install serve test clean
 
 install: $(STAMP)
 

@@ -287,6 +287,7 @@ def test_k8s_deployment_probes_gpu_and_shutdown_budget():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/readyz", "the startup allowance must cover model loading and engine builds"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "engine builds need minutes"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     config = docs["ConfigMap"]["data"]

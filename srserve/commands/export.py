@@ -16,7 +16,7 @@ EPILOG = """examples:
   srserve export --model mdsr --precision fp32,fp16 --self-ensemble --tile 128
   srserve export --model edsr --format onnx,tensorrt --precision fp16 --triton triton_repo   (GPU)
 artifacts: REPO/NAME/onnx/x{S}[.ensemble|.degradation].{fp32|fp16}[.tile{W}].onnx, REPO/NAME/exports.json;
---tile N adds graphs with a static WxW input, W = N + 2 x the model's tile margin."""
+--tile N adds graphs with a static WxW input, W = N + 2 x (the model's tile margin + its feather width)."""
 
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
