@@ -19,9 +19,13 @@ are tested) without it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,10 +35,13 @@ import torch
 
 from .artifacts import ExportError
 
+log = logging.getLogger("srserve.export")
+
 ENGINE_FORMAT = "srserve-engine/1"
 ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_WORKSPACE = 4 << 30
 DEFAULT_MAX_BATCH = 8
+TENSOR_ALIGNMENT = 256  # IExecutionContext::setTensorAddress: "at least 256-byte alignment"
 
 
 class EngineError(ExportError):
@@ -135,12 +142,22 @@ def tile_window(model, scale: int, tile: int | None = None) -> int:
     return int(plan.tile_shape[0])
 
 
+def device_index(device: torch.device | str) -> int:
+    """The CUDA ordinal of ``device`` (``cuda`` alone means torch's current device, not 0)."""
+    device = torch.device(device)
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def current_environment(device: torch.device | str = "cuda") -> EngineEnvironment:
     trt = import_tensorrt()
-    device = torch.device(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
     return EngineEnvironment(torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)),
                              trt.__version__)
+
+
+def gpu_slug(name: str) -> str:
+    """A GPU name usable in a file name."""
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 # --- the cache -----------------------------------------------------------------------------------
@@ -170,9 +187,12 @@ class EngineCache:
     def plan_path(self, label: str, key: str) -> Path:
         return self.root / f"{label}-{key}.plan"
 
-    def timing_cache_path(self, env: EngineEnvironment) -> Path:
-        gpu = "".join(c if c.isalnum() else "_" for c in env.gpu_name)
-        return self.root / f"timing-{gpu}-sm{env.compute_capability[0]}{env.compute_capability[1]}-trt{env.tensorrt_version}.cache"
+    def timing_cache_path(self, env: EngineEnvironment, *, tf32: bool = True) -> Path:
+        """Per GPU and TensorRT version; strict-fp32 builds apart, since timings are specific to
+        builder flags that change layer implementations such as TF32."""
+        cc = f"sm{env.compute_capability[0]}{env.compute_capability[1]}"
+        suffix = "" if tf32 else "-notf32"
+        return self.root / f"timing-{gpu_slug(env.gpu_name)}-{cc}-trt{env.tensorrt_version}{suffix}.cache"
 
     def lookup(self, label: str, record: EngineRecord, load: Callable[[bytes], object]) -> object | None:
         """The loaded engine if a plan with this key exists, its record matches and it loads."""
@@ -197,19 +217,9 @@ class EngineCache:
         _atomic_write(plan.with_suffix(".json"), (json.dumps(asdict(record), indent=2) + "\n").encode())
         return plan
 
-    @contextlib.contextmanager
     def building(self, label: str, key: str):
         """An exclusive lock per engine, so concurrent processes build it once."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = self.root / f"{label}-{key}.lock"
-        with open(lock, "w") as f:
-            try:
-                import fcntl
-
-                fcntl.flock(f, fcntl.LOCK_EX)
-            except ImportError:  # not POSIX: no cross-process lock
-                pass
-            yield
+        return _file_lock(self.root / f"{label}-{key}.lock")
 
     def get_or_build(self, label: str, record: EngineRecord, build: Callable[[], tuple[bytes, dict]],
                      load: Callable[[bytes], object]) -> tuple[object, bool]:
@@ -232,56 +242,150 @@ class EngineCache:
             return engine, True
 
 
+@contextlib.contextmanager
+def _file_lock(lock: Path):
+    """An exclusive cross-process lock on ``lock`` (created if needed)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except ImportError:  # not POSIX: no cross-process lock
+            pass
+        yield
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write-then-rename through a temporary file of this writer's own: a shared ``.tmp`` name
+    lets two writers (the timing cache is shared by every engine build) clobber each other."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # --- building and running (need tensorrt and a GPU) ------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def _logger():
+    """One logger for every builder and runtime: TensorRT keeps the first as its global logger
+    and reports each different one passed later."""
     trt = import_tensorrt()
     return trt.Logger(trt.Logger.WARNING)
 
 
+def _on_device(device) -> contextlib.AbstractContextManager:
+    """Makes ``device`` current: an engine is bound to the GPU current when it is built or
+    deserialized, and must be enqueued with that GPU current."""
+    if device is None or torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(torch.device(device))
+
+
 def build_engine(onnx_path: str | os.PathLike, precision: str, profile: EngineProfile, *, tf32: bool = True,
-                 workspace: int = DEFAULT_WORKSPACE, timing_cache: Path | None = None) -> bytes:
-    """Serialized engine of ``onnx_path``; updates ``timing_cache`` (a file) when given."""
+                 workspace: int = DEFAULT_WORKSPACE, timing_cache: Path | None = None,
+                 device: torch.device | str | None = None) -> bytes:
+    """Serialized engine of ``onnx_path`` built on ``device`` (default: the current GPU);
+    merges what it timed into ``timing_cache`` (a file) when given."""
     if precision not in ENGINE_PRECISIONS:
         raise EngineError(f"TensorRT precision must be one of {', '.join(ENGINE_PRECISIONS)}, not {precision!r}")
     trt = import_tensorrt()
-    logger = _logger()
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"TensorRT cannot parse {Path(onnx_path).name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
+    name = Path(onnx_path).name
+    with _on_device(device):
+        builder = trt.Builder(_logger())
+        network = builder.create_network(0)  # TensorRT 10: always explicit batch (EXPLICIT_BATCH is ignored)
+        parser = trt.OnnxParser(network, _logger())
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(f"TensorRT cannot parse {name}: {errors or 'no parser error recorded'}")
+        _check_profile_inputs(network, profile, name)
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+        _set_precision(trt, config, precision, tf32)
+        _add_profile(builder, config, profile)
+        cache = _attach_timing_cache(config, timing_cache) if timing_cache is not None else None
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise EngineError(f"TensorRT could not build an engine from {name} ({precision}); see its log above")
+        if cache is not None:
+            _save_timing_cache(config, cache, timing_cache)
+    return bytes(memoryview(serialized))
+
+
+def _check_profile_inputs(network, profile: EngineProfile, name: str) -> None:
+    """The profile must name exactly the network's inputs: TensorRT otherwise fails late, deep
+    in the build, with a message about dynamic inputs."""
+    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    named = {n for n, _ in profile.shapes}
+    if inputs != named:
+        raise EngineError(f"{name} has inputs {sorted(inputs)} but the profile covers {sorted(named)}")
+
+
+def _set_precision(trt, config, precision: str, tf32: bool) -> None:
+    """FP16/BF16 allow reduced-precision kernels in this weakly typed network (TensorRT 10.12
+    deprecates this for strong typing; TensorRT 11 removes the flags); TF32 is on by default."""
+    flag = {"fp16": "FP16", "bf16": "BF16"}.get(precision)
+    if flag is not None:
+        if not hasattr(trt.BuilderFlag, flag):
+            raise EngineError(f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (weak typing was removed); "
+                              "build fp32 engines or use TensorRT 10")
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     if tf32:
         config.set_flag(trt.BuilderFlag.TF32)
     else:
         config.clear_flag(trt.BuilderFlag.TF32)
+
+
+def _add_profile(builder, config, profile: EngineProfile) -> None:
     optimization = builder.create_optimization_profile()
     for name, r in profile.shapes:
-        optimization.set_shape(name, r.min, r.opt, r.max)
-    config.add_optimization_profile(optimization)
-    blob = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineError(f"TensorRT could not build an engine from {Path(onnx_path).name} ({precision})")
-    if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-    return bytes(memoryview(serialized))
+        try:
+            optimization.set_shape(name, r.min, r.opt, r.max)
+        except RuntimeError as exc:  # the binding raises when min <= opt <= max does not hold
+            raise EngineError(f"invalid TensorRT profile for {name}: {exc}") from None
+    if config.add_optimization_profile(optimization) < 0:
+        raise EngineError(f"TensorRT rejected the optimization profile {profile.to_json()}")
+
+
+def _timing_cache_from(config, blob: bytes):
+    """A timing cache from ``blob``, or None when TensorRT rejects it (corrupt, other version)."""
+    try:
+        return config.create_timing_cache(blob)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _attach_timing_cache(config, path: Path):
+    """The cache in ``path`` if TensorRT accepts it for this GPU (``set_timing_cache`` returns
+    False on a mismatch), else an empty one: a bad cache costs build time, never the build."""
+    blob = path.read_bytes() if path.is_file() else b""
+    if blob:
+        cache = _timing_cache_from(config, blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache
+        log.warning("TensorRT rejects the timing cache %s (corrupt, or another GPU/version); starting anew", path)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineError("TensorRT cannot create an empty timing cache")
+    return cache
+
+
+def _save_timing_cache(config, cache, path: Path) -> None:
+    """Merges ``cache`` into the file under a lock, so concurrent builds of other engines
+    (which share the file) add to it instead of overwriting each other's timings."""
+    with _file_lock(path.with_name(path.name + ".lock")):
+        merged = cache
+        if path.is_file():
+            stored = _timing_cache_from(config, path.read_bytes())
+            if stored is not None and stored.combine(cache, ignore_mismatch=False):
+                merged = stored
+        _atomic_write(path, bytes(memoryview(merged.serialize())))
 
 
 @dataclass
@@ -292,23 +396,65 @@ class LoadedEngine:
     engine: object
 
 
-def deserialize_engine(plan: bytes) -> LoadedEngine | None:
-    """None when this TensorRT/GPU rejects the plan (stale or corrupt): the caller rebuilds."""
+def deserialize_engine(plan: bytes, device: torch.device | str | None = None) -> LoadedEngine | None:
+    """The engine on ``device`` (default: the current GPU); None when this TensorRT/GPU rejects
+    the plan (stale or corrupt): the caller rebuilds."""
     trt = import_tensorrt()
-    runtime = trt.Runtime(_logger())
-    engine = runtime.deserialize_cuda_engine(plan)
+    with _on_device(device):
+        runtime = trt.Runtime(_logger())
+        try:
+            engine = runtime.deserialize_cuda_engine(plan)
+        except (RuntimeError, TypeError, ValueError):
+            engine = None
     return None if engine is None else LoadedEngine(runtime, engine)
 
 
+def _new_stream(device: torch.device):
+    return torch.cuda.Stream(device)
+
+
+def _current_stream(device: torch.device):
+    return torch.cuda.current_stream(device)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its address is 256-byte aligned (fresh CUDA allocations are), else an
+    aligned copy: a batch slice starts wherever the slice does."""
+    if t.data_ptr() % TENSOR_ALIGNMENT == 0:
+        return t
+    out = _empty_aligned(tuple(t.shape), t.dtype, t.device)
+    out.copy_(t)
+    return out
+
+
+def _empty_aligned(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    n = 1
+    for d in shape:
+        n *= d
+    buf = torch.empty(n + TENSOR_ALIGNMENT // dtype.itemsize, dtype=dtype, device=device)
+    offset = (-buf.data_ptr() % TENSOR_ALIGNMENT) // dtype.itemsize
+    return buf[offset:offset + n].view(shape)
+
+
 class TensorRTRunner:
-    """One engine and its execution context, fed and read with CUDA torch tensors."""
+    """One engine and its execution context, fed and read with CUDA torch tensors.
+
+    Runs on a stream of its own, ordered after torch's current stream and before anything
+    queued on it later: torch's default stream is CUDA's legacy default stream, on which
+    ``execute_async_v3`` adds synchronizations of its own. One call at a time (an execution
+    context holds the shapes and addresses of the call being set up)."""
 
     def __init__(self, loaded: LoadedEngine, device: torch.device):
         trt = import_tensorrt()
         self.loaded = loaded
         engine = loaded.engine
         self.device = torch.device(device)
-        self.context = engine.create_execution_context()
+        self._lock = threading.Lock()
+        with _on_device(self.device):
+            self.context = engine.create_execution_context()
+            self.stream = _new_stream(self.device)
+        if self.context is None:
+            raise EngineError("TensorRT cannot create an execution context (out of GPU memory?)")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -317,19 +463,34 @@ class TensorRTRunner:
                 raise EngineError(f"engine tensor {name} is {engine.get_tensor_dtype(name)}, expected float32")
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        stream = torch.cuda.current_stream(self.device)
-        held = []
-        for name in self.inputs:
-            t = feeds[name].to(self.device, torch.float32).contiguous()
-            held.append(t)
-            if not self.context.set_input_shape(name, tuple(t.shape)):
-                raise EngineError(f"shape {tuple(t.shape)} of {name} is outside the engine's profile")
-            self.context.set_tensor_address(name, t.data_ptr())
-        outputs = []
-        for name in self.outputs:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device=self.device)
-            self.context.set_tensor_address(name, out.data_ptr())
-            outputs.append(out)
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        missing = [n for n in self.inputs if n not in feeds]
+        if missing:
+            raise EngineError(f"the engine needs inputs {missing}")
+        with self._lock, _on_device(self.device):
+            held = [self._bind_input(name, feeds[name]) for name in self.inputs]
+            outputs = [self._bind_output(name) for name in self.outputs]
+            current = _current_stream(self.device)
+            self.stream.wait_stream(current)  # inputs written, output memory free
+            ok = self.context.execute_async_v3(self.stream.cuda_stream)
+            current.wait_stream(self.stream)  # later work on torch's stream sees the outputs
+            del held  # freed on torch's stream, which now waits for the engine
+        if not ok:
             raise EngineError("TensorRT execution failed")
-        return outputs  # ordered on torch's current stream; inputs are freed stream-ordered too
+        return outputs
+
+    def _bind_input(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        t = _aligned(tensor.to(self.device, torch.float32).contiguous())
+        if not self.context.set_input_shape(name, tuple(t.shape)):
+            raise EngineError(f"shape {tuple(t.shape)} of {name} is outside the engine's profile")
+        if not self.context.set_tensor_address(name, t.data_ptr()):
+            raise EngineError(f"TensorRT refuses the address of {name}")
+        return t
+
+    def _bind_output(self, name: str) -> torch.Tensor:
+        shape = tuple(self.context.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            raise EngineError(f"TensorRT cannot infer the shape of {name} ({shape}) from the inputs")
+        out = _empty_aligned(shape, torch.float32, self.device)
+        if not self.context.set_tensor_address(name, out.data_ptr()):
+            raise EngineError(f"TensorRT refuses the address of {name}")
+        return out

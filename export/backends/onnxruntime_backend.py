@@ -1,10 +1,10 @@
 """ONNX Runtime backend: one session per (graph, scale, precision), created from trusted artifacts.
 
-Providers, best first as installed: TensorRT EP (fp32 graph, fp16 as an EP flag, engines and
-timing cache in ``<cache>/ort-tensorrt`` with a profile from the tile window) -> CUDA EP (the
-fp16 graph for fp16) -> CPU EP. On a GPU the tensors stay on the device through IO binding;
-on the CPU the session gets the intra-op thread count (default: torch's) and one inter-op
-thread (the graphs are chains; parallel branches are rare and tiny).
+Providers, best first as installed: TensorRT EP (fp32 graph, fp16 as an EP flag, timing cache in
+``<cache>/ort-tensorrt/<gpu>``, engines in a folder per graph sha256 below it, a profile from the
+tile window) -> CUDA EP (the fp16 graph for fp16) -> CPU EP. On a GPU the tensors stay on the
+device through IO binding; on the CPU the session gets the intra-op thread count (default:
+torch's) and one inter-op thread (the graphs are chains; parallel branches are rare and tiny).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from srserve.backend import BackendError, PrecisionGuard, resolve_precision
 from srserve.models.repository import LoadedModel
 
 from ..artifacts import default_cache_dir
-from ..tensorrt import DEFAULT_MAX_BATCH, tile_window
+from ..tensorrt import DEFAULT_MAX_BATCH, device_index, gpu_slug, tile_window
 from .sources import OnnxArtifacts
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -50,6 +50,19 @@ def cpu_session_options(threads: int | None = None, spin: bool = True):
 
 def shape_string(name: str, shape: tuple[int, ...]) -> str:
     return f"{name}:" + "x".join(str(d) for d in shape)
+
+
+def tensorrt_ep_options(cache_dir: str | Path, device_id: int, gpu: str, sha256: str, fp16: bool,
+                        profile: dict) -> dict:
+    """TensorRT EP options. The EP names a cached engine after the model's file name and graph
+    structure only (not its weights, nor the GPU model), and every model's graph is called
+    ``x<scale>.fp32.onnx``: engines live in a folder per GPU model and graph sha256, so a
+    retrained or another model never runs a stale engine. The EP names the timing cache per
+    compute capability itself."""
+    root = Path(cache_dir) / "ort-tensorrt" / gpu_slug(gpu)
+    return {"device_id": int(device_id), "trt_fp16_enable": bool(fp16), "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(root / sha256[:16]), "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(root), **profile}
 
 
 class OnnxRuntimeBackend:
@@ -102,19 +115,19 @@ class OnnxRuntimeBackend:
             return "fp32"
         return precision
 
-    def _provider_options(self, scale: int, kind: str, precision: str) -> list:
-        """Per-session providers. DASR's encoder skips the TensorRT EP: it sees whole images of any
-        size, which no tile profile bounds (the EP would rebuild its engine for new sizes)."""
-        index = self.device.index or 0
+    def _provider_options(self, scale: int, kind: str, precision: str, sha256: str) -> list:
+        """Per-session providers for the graph with ``sha256``. DASR's encoder skips the TensorRT
+        EP: it sees whole images of any size, which no tile profile bounds (the EP would rebuild
+        its engine for new sizes)."""
+        index = device_index(self.device) if self.device.type == "cuda" else 0
         options = []
         for provider in self.providers:
             if provider == "TensorrtExecutionProvider":
                 if kind == "degradation":
                     continue
-                trt_dir = self.cache_dir / "ort-tensorrt"
-                trt = {"device_id": index, "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
-                       "trt_engine_cache_path": str(trt_dir), "trt_timing_cache_enable": True,
-                       "trt_timing_cache_path": str(trt_dir), **self._trt_profile(scale)}
+                trt = tensorrt_ep_options(self.cache_dir, index, torch.cuda.get_device_name(index), sha256,
+                                          precision == "fp16", self._trt_profile(scale))
+                os.makedirs(trt["trt_engine_cache_path"], exist_ok=True)  # the EP creates one level only
                 options.append((provider, trt))
             elif provider == "CUDAExecutionProvider":
                 options.append((provider, {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"}))
@@ -140,11 +153,10 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
 
             self.model.net(scale)  # a clear error for a scale the model does not serve
-            path, _ = self.artifacts.get(kind, scale, self._graph_precision(kind, precision))
+            path, artifact = self.artifacts.get(kind, scale, self._graph_precision(kind, precision))
             options = cpu_session_options(self.threads, self.spin)
-            if self.device.type == "cuda":
-                os.makedirs(self.cache_dir / "ort-tensorrt", exist_ok=True)
-            session = ort.InferenceSession(str(path), options, providers=self._provider_options(scale, kind, precision))
+            providers = self._provider_options(scale, kind, precision, artifact.sha256)
+            session = ort.InferenceSession(str(path), options, providers=providers)
             self._sessions[key] = (session, [i.name for i in session.get_inputs()])
             self.files[f"{kind} x{scale} {precision}"] = str(path)
         return self._sessions[key]
@@ -169,7 +181,7 @@ class OnnxRuntimeBackend:
 
     def _execute_bound(self, session, feeds: dict[str, torch.Tensor], out_shape: tuple[int, ...]) -> torch.Tensor:
         """IO binding: inputs and the output stay in CUDA memory owned by torch."""
-        index = self.device.index or 0
+        index = device_index(self.device)
         binding = session.io_binding()
         held = []
         for name, t in feeds.items():

@@ -42,11 +42,15 @@ def load_engine(model: LoadedModel, scale: int, precision: str, *, onnx_path: Pa
                           environment={"gpu": env.gpu_name, "cc": list(env.compute_capability),
                                        "tensorrt": env.tensorrt_version})
 
+    def load(plan: bytes):
+        return deserialize_engine(plan, device)
+
     def build():
         log.warning("building TensorRT engine %s (%s); this takes minutes once, then it is cached in %s",
                     record.label, key[:12], cache.root)
-        plan = build_engine(onnx_path, precision, profile, tf32=tf32, timing_cache=cache.timing_cache_path(env))
-        loaded = deserialize_engine(plan)
+        plan = build_engine(onnx_path, precision, profile, tf32=tf32,
+                            timing_cache=cache.timing_cache_path(env, tf32=tf32), device=device)
+        loaded = load(plan)
         if loaded is None:
             raise BackendError(f"TensorRT built {record.label} but cannot load it")
         runner = TensorRTRunner(loaded, device)
@@ -57,7 +61,7 @@ def load_engine(model: LoadedModel, scale: int, precision: str, *, onnx_path: Pa
             raise BackendError(f"TensorRT engine {record.label} failed its parity check: {parity}")
         return plan, parity
 
-    loaded, built = cache.get_or_build(record.label, record, build, deserialize_engine)
+    loaded, built = cache.get_or_build(record.label, record, build, load)
     info = {"engine": str(cache.plan_path(record.label, key)), "built_now": built, "key": key,
             "profile": profile.to_json()}
     return TensorRTRunner(loaded, device), profile, info
