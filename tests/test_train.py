@@ -181,3 +181,16 @@ def test_run_without_checkpoints_continues_from_published_weights(image_folder, 
     entry = Repository(tmp_path / "repo").get("tiny")
     assert entry.weights[0].source["iterations"] == 8 and entry.weights[0].source["warm_starts"] == [6]
     assert Trainer(load_config(config), tmp_path / "repo").published_progress() is None  # finished: nothing to continue
+
+
+def test_sampler_with_data_on_the_device_gives_the_same_batches(image_folder, tmp_path):
+    """On a GPU the images live on the device; batches must not depend on where they are built."""
+    from srserve.train.data import PatchSampler
+
+    host = PatchSampler([image_folder], [2, 3], 12, cache_dir=str(tmp_path / "cache"), seed=5)
+    device = PatchSampler([image_folder], [2, 3], 12, cache_dir=str(tmp_path / "cache"), seed=5, device="cpu")
+    assert isinstance(device.hr[0], torch.Tensor) and isinstance(host.hr[0], np.ndarray)
+    for scale in (2, 3, 2):
+        for a, b in zip(host.batch(4, scale, margin=2), device.batch(4, scale, margin=2)):
+            assert torch.equal(a, b)
+    assert torch.equal(host.hr_batch(3, 24, per_image=2), device.hr_batch(3, 24, per_image=2))

@@ -1,8 +1,9 @@
 """Training data: HR folders, MATLAB-bicubic LR (cached), random aligned patches, augmentation.
 
 All images are held in memory (the 400 BSDS images are ~190 MB as uint8) and batches are
-assembled with NumPy in the training process: on 2 CPU cores worker processes would only take
-cores away from the model. On a GPU, batches are moved to the device once per step.
+assembled in the training process: on 2 CPU cores worker processes would only take cores away
+from the model. On a GPU the uint8 images live on the device and patches are cut, augmented and
+converted there, so no host-to-device copy or host work stands between two steps.
 """
 from __future__ import annotations
 
@@ -70,34 +71,46 @@ def make_lr_images(hr: list[np.ndarray], files: list[Path], scale: int, cache_di
     return lr
 
 
-def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """The same random flip/flip/transpose (the 8 dihedral transforms) on aligned patches."""
+def augment(arrays: list, rng: np.random.Generator) -> list:
+    """The same random flip/flip/transpose (the 8 dihedral transforms) on aligned H×W×C patches
+    (NumPy arrays or device tensors; the same random draws either way)."""
     hflip, vflip, transpose = rng.random(3) < 0.5
     out = []
     for a in arrays:
+        on_device = isinstance(a, torch.Tensor)
         if hflip:
-            a = a[:, ::-1]
+            a = a.flip(1) if on_device else a[:, ::-1]
         if vflip:
-            a = a[::-1]
+            a = a.flip(0) if on_device else a[::-1]
         if transpose:
-            a = a.transpose(1, 0, 2)
+            a = a.permute(1, 0, 2) if on_device else a.transpose(1, 0, 2)
         out.append(a)
     return out
 
 
-def to_tensor(batch: list[np.ndarray]) -> torch.Tensor:
-    """uint8 H×W×C patches -> float N×C×H×W in [0, 1]."""
+def to_tensor(batch: list) -> torch.Tensor:
+    """uint8 H×W×C patches (NumPy or device tensors) -> float N×C×H×W in [0, 1], where they are."""
+    if isinstance(batch[0], torch.Tensor):
+        return torch.stack(batch).permute(0, 3, 1, 2).float().div_(255)
     return torch.from_numpy(np.ascontiguousarray(np.stack(batch))).permute(0, 3, 1, 2).float().div_(255)
 
 
 class PatchSampler:
-    """Random aligned (LR, HR) patch pairs for given scales."""
+    """Random aligned (LR, HR) patch pairs for given scales.
+
+    ``device``: keep the uint8 images there (a GPU) and build batches on it; ``None`` keeps them
+    in host memory as NumPy arrays.
+    """
 
     def __init__(self, folders: list[str], scales: list[int], lr_patch: int, augment: bool = True,
-                 cache_dir: str | None = "runs/cache", limit: int | None = None, seed: int = 0):
+                 cache_dir: str | None = "runs/cache", limit: int | None = None, seed: int = 0,
+                 device: torch.device | str | None = None):
         self.files = list_images(folders)[:limit]
         self.hr = [load_rgb(f) for f in tqdm(self.files, desc="loading HR", leave=False)]
         self.lr = {s: make_lr_images(self.hr, self.files, s, Path(cache_dir) if cache_dir else None) for s in scales}
+        if device is not None:
+            self.hr = [torch.tensor(a, device=device) for a in self.hr]  # a copy: the arrays may be read-only
+            self.lr = {s: [torch.tensor(a, device=device) for a in images] for s, images in self.lr.items()}
         self.lr_patch = lr_patch
         self.augment = augment
         self.rng = np.random.default_rng(seed)

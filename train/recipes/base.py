@@ -50,8 +50,10 @@ class Recipe:
 
     def make_sampler(self) -> PatchSampler:
         d = self.cfg.data
+        on_device = d.get("on_device", self.device.type == "cuda")  # data on the GPU by default
         return PatchSampler(d["folders"], self.scales, d.get("lr_patch", 48), d.get("augment", True),
-                            d.get("cache_dir") or self.cfg.run_dir.parent / "cache", d.get("limit"), self.cfg.seed)
+                            d.get("cache_dir") or self.cfg.run_dir.parent / "cache", d.get("limit"), self.cfg.seed,
+                            device=self.device if on_device else None)
 
     def step(self, iteration: int) -> dict[str, float]:
         raise NotImplementedError
