@@ -27,7 +27,7 @@ def shipped() -> list[str]:
 
 
 def test_the_default_models_are_shipped():
-    assert {"edsr"} <= set(shipped())
+    assert {"edsr", "mdsr"} <= set(shipped())
 
 
 @pytest.mark.parametrize("name", shipped())
