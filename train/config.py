@@ -31,6 +31,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
+    amp: str | None = None         # "bf16": forward passes under bfloat16 autocast (GPU training)
+    channels_last: bool = False    # NHWC network and batches (faster convolutions on tensor cores)
     checkpoint_every: int = 200
     validate_every: int = 1000
     log_every: int = 20

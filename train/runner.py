@@ -7,8 +7,12 @@ training facts, and refreshes that model's card.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
+import math
+import os
 import platform
 import random
 import time
@@ -50,6 +54,25 @@ def initialise_from(recipe, path: str) -> None:
     if recipe.ema_net is not None:
         recipe.ema_net.load_state_dict(recipe.net.state_dict())
     print(f"initialised {len(matched)}/{len(own)} tensors from {path}")
+
+
+@contextlib.contextmanager
+def repository_lock(root: Path):
+    """An exclusive flock on the repository folder: concurrent runs (parallel queues, the GPU
+    runs of one model's scales) read-modify-write the same model.json and card."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def cosine_factor(fraction: float, final: float) -> float:
+    """1 at the start, ``final`` at the end (fraction 1) of a half cosine."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
 class Trainer:
@@ -169,6 +192,11 @@ class Trainer:
             writer.writerow(row)
 
     # --- the loop ------------------------------------------------------------------------
+    def scale_learning_rates(self, base_lrs: dict[str, list[float]], factor: float) -> None:
+        for name, opt in self.recipe.optimizers.items():
+            for group, base in zip(opt.param_groups, base_lrs[name]):
+                group["lr"] = base * factor
+
     def improves(self, val: dict) -> bool:
         keys = [k for k in val if k.startswith("val_psnr")]
         return not self.best or sum(val[k] for k in keys) > sum(self.best.get(k, float("-inf")) for k in keys)
@@ -177,12 +205,19 @@ class Trainer:
         """Trains up to ``iterations`` (default: the config's), or for ``minutes`` of wall time
         this session, whichever ends first; the last step always validates and checkpoints."""
         total = iterations or self.cfg.iterations
-        deadline = time.monotonic() + minutes * 60 if minutes else float("inf")
+        started = time.monotonic()
+        deadline = started + minutes * 60 if minutes else float("inf")
         if self.iteration == 0 and self.cfg.init_from:
             initialise_from(self.recipe, self.cfg.init_from)
+        # Time-boxed runs (a lent GPU, a CPU slot) cannot know their iteration count ahead, so
+        # optim.anneal_to makes the lr follow a cosine over the wall-time budget instead.
+        anneal_to = self.cfg.optim.get("anneal_to") if minutes else None
+        base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.recipe.optimizers.items()}
         bar = tqdm(total=total, initial=self.iteration, desc=self.cfg.name, dynamic_ncols=True)
         running: dict[str, float] = {}
         while self.iteration < total:
+            if anneal_to is not None:
+                self.scale_learning_rates(base_lrs, cosine_factor((time.monotonic() - started) / (minutes * 60), anneal_to))
             start = time.perf_counter()
             losses = self.recipe.step(self.iteration)
             self.elapsed += time.perf_counter() - start
@@ -219,7 +254,7 @@ class Trainer:
         from .card import write_model_card
 
         cfg = self.cfg
-        state = {k: v.detach().cpu() for k, v in self.recipe.exported().state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.recipe.exported().state_dict().items()}
         arch, hparams, _ = load_network(state, cfg.arch, self.recipe.hparams)  # proves it reloads strictly
         source = {
             "trained_by": "srserve train", "config": str(cfg.path), "recipe": cfg.recipe,
@@ -227,13 +262,14 @@ class Trainer:
             "data": cfg.data.get("folders"), "batch": cfg.data.get("batch"), "lr_patch": cfg.data.get("lr_patch"),
             "validation": self.best, **({"warm_starts": self.warm_starts} if self.warm_starts else {}), "date": time.strftime("%Y-%m-%d"),
         }
-        entry = self.repository.add_weights(cfg.repository_name, arch, self.recipe.hparams, state, source=source,
-                                            description=cfg.description, license="Apache-2.0 (weights trained by srserve)",
-                                            provenance=f"trained by srserve from {cfg.path}")
-        if cfg.display_name:
-            entry.extra["display_name"] = cfg.display_name
-            entry.save()
-        write_model_card(entry)
+        with repository_lock(self.repository.root):  # runs of x3 and x4 publish into one entry
+            entry = self.repository.add_weights(cfg.repository_name, arch, self.recipe.hparams, state, source=source,
+                                                description=cfg.description, license="Apache-2.0 (weights trained by srserve)",
+                                                provenance=f"trained by srserve from {cfg.path}")
+            if cfg.display_name:
+                entry.extra["display_name"] = cfg.display_name
+                entry.save()
+            write_model_card(entry)
         print(f"published {cfg.repository_name} x{self.recipe.scales} -> {entry.path}")
 
 

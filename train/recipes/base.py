@@ -40,6 +40,8 @@ class Recipe:
         self.hparams = {**self.spec.default_hparams, **cfg.hparams}
         self.scales = scales_of(cfg.arch, self.hparams)
         self.net = build_network(cfg.arch, self.hparams).to(device)
+        if cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.ema_net = copy.deepcopy(self.net).eval() if cfg.ema else None
         self.modules: dict[str, nn.Module] = {"net": self.net}
         if self.ema_net is not None:
@@ -57,6 +59,17 @@ class Recipe:
 
     def step(self, iteration: int) -> dict[str, float]:
         raise NotImplementedError
+
+    def autocast(self):
+        """The context of forward passes: bfloat16 autocast when ``amp: bf16`` (losses are then
+        taken on ``.float()`` outputs), a no-op otherwise."""
+        if self.cfg.amp not in (None, "bf16"):
+            raise ValueError(f"amp must be bf16 or absent, not {self.cfg.amp!r}")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the network's memory format."""
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def after_step(self) -> None:
         for sched in self.schedulers.values():

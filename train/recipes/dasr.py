@@ -82,11 +82,15 @@ class DASRRecipe(Recipe):
         return lr[0::2], lr[1::2], hr[0::2], hr[1::2]
 
     def contrastive(self, lr_q: torch.Tensor, lr_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fea, q = self.encoder_q(lr_q * 255)
+        with self.autocast():
+            fea, q = self.encoder_q(self.layout(lr_q * 255))
+        q = q.float()
         with torch.no_grad():
             for p_k, p_q in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
                 p_k.mul_(self.momentum).add_(p_q.detach(), alpha=1 - self.momentum)
-            _, k = self.encoder_k(lr_k * 255)
+            with self.autocast():
+                _, k = self.encoder_k(self.layout(lr_k * 255))
+            k = k.float()
         loss = info_nce(q, k, self.queue.keys.clone().to(q), self.temperature)  # enqueue below mutates it
         self.queue.enqueue(F.normalize(k, dim=1))
         return loss, fea
@@ -101,7 +105,9 @@ class DASRRecipe(Recipe):
             loss_c.backward()
             self.optimizers["encoder"].step()
             return {"contrastive": loss_c.item()}
-        sr = self.net.G(lr_q * 255, fea) / 255
+        with self.autocast():
+            sr = self.net.G(self.layout(lr_q * 255), fea)
+        sr = sr.float() / 255
         l1 = F.l1_loss(sr, hr_q)
         loss = l1 + loss_c
         for opt in (self.optimizers["encoder"], self.optimizers["net"]):

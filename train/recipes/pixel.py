@@ -27,10 +27,11 @@ class PixelRecipe(Recipe):
     def step(self, iteration: int) -> dict[str, float]:
         scale = self.pick_scale()
         lr, hr = self.sampler.batch(self.cfg.data.get("batch", 16), scale)
-        lr, hr = lr.to(self.device), hr.to(self.device)
+        lr, hr = self.layout(lr.to(self.device)), hr.to(self.device)
         self.net.train()
-        sr = self.wrappers[scale](lr)
-        loss = F.l1_loss(sr, hr)
+        with self.autocast():
+            sr = self.wrappers[scale](lr)
+        loss = F.l1_loss(sr.float(), hr)
         opt = self.optimizers["net"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
