@@ -1,12 +1,14 @@
 """The default models shipped in model_repository/ load, beat bicubic on Set5, and their cards
 report what they really measure.
 
-The issue's targets (>= 3.0 dB over bicubic at x2, >= 2.0 dB at x4) are tracked in the README
-table while CPU training is still catching up; here every shipped model must clear a floor that
-any real trained model clears (random or broken weights lose to bicubic).
+Every shipped model must clear a floor that any real trained model clears (random or broken
+weights lose to bicubic), and the issue's targets (>= 3.0 dB over bicubic at x2, >= 2.0 dB at x4);
+a model known to be short of its target is a strict xfail that names the shortfall, so the test
+reports it and flags the day it is met.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SET5 = ROOT.parent / "shared" / "datasets" / "benchmark" / "Set5"
 REPO = Repository(ROOT / "model_repository")
 FLOOR_GAIN_DB = 1.0
+TARGET_GAIN_DB = {2: 3.0, 4: 2.0}  # issue 6, Set5
+SHORT_OF_TARGET = {"dasr": "DASR x4 is +1.61 dB after 5113 GPU iterations (5 GPU minutes); the target +2.0 needs more"}
 needs_set5 = pytest.mark.skipif(not SET5.exists(), reason="needs ../shared/datasets/benchmark/Set5 (not in a user's clone)")
 
 
@@ -27,7 +31,7 @@ def shipped() -> list[str]:
 
 
 def test_the_default_models_are_shipped():
-    assert {"edsr", "mdsr"} <= set(shipped())
+    assert {"edsr", "mdsr", "vdsr", "esrgan", "dasr"} <= set(shipped())
 
 
 @pytest.mark.parametrize("name", shipped())
@@ -37,14 +41,28 @@ def test_shipped_model_loads_every_scale(name):
         assert model.net(scale).scale == scale
 
 
+@lru_cache(maxsize=None)
+def set5(name: str, scale: int):
+    return evaluate(TorchBackend(REPO.load(name, scales=[scale])), SET5, scale, progress=False)
+
+
 @needs_set5
 @pytest.mark.parametrize("name", shipped())
 def test_shipped_model_beats_bicubic_and_matches_its_card(name):
     entry = REPO.get(name)
-    backend = TorchBackend(REPO.load(name))
     card = {b["scale"]: b for b in entry.extra.get("benchmarks", []) if b["dataset"] == "Set5"}
-    for scale in backend.model.scales:
-        r = evaluate(backend, SET5, scale, progress=False)
+    for scale in entry.scales:
+        r = set5(name, scale)
         assert r.psnr - r.bicubic_psnr >= FLOOR_GAIN_DB, f"{name} x{scale}: {r.psnr:.2f} dB vs bicubic {r.bicubic_psnr:.2f} dB"
         assert scale in card, f"{name}: model.json has no Set5 x{scale} figure"
         assert card[scale]["psnr"] == pytest.approx(r.psnr, abs=0.01), f"{name} x{scale}: the card is stale"
+
+
+@needs_set5
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET[n]))
+                                  if n in SHORT_OF_TARGET else n for n in shipped()])
+def test_shipped_model_meets_the_target_gain(name):
+    for scale, target in TARGET_GAIN_DB.items():
+        if scale in REPO.get(name).scales:
+            r = set5(name, scale)
+            assert r.psnr - r.bicubic_psnr >= target, f"{name} x{scale}: +{r.psnr - r.bicubic_psnr:.2f} dB < +{target}"

@@ -194,3 +194,104 @@ def test_sampler_with_data_on_the_device_gives_the_same_batches(image_folder, tm
         for a, b in zip(host.batch(4, scale, margin=2), device.batch(4, scale, margin=2)):
             assert torch.equal(a, b)
     assert torch.equal(host.hr_batch(3, 24, per_image=2), device.hr_batch(3, 24, per_image=2))
+
+
+def test_vdsr_starts_from_the_bicubic_input_with_he_initialised_layers(image_folder, tmp_path):
+    """Zero output layer: the residual is 0 at step 0; hidden layers N(0, 2/(9·out)) as in the paper."""
+    torch.manual_seed(0)
+    cfg = tiny_config(image_folder, tmp_path, "vdsr", "vdsr", {"num_layers": 6, "n_feats": 16}, data={"hr_patch": 24})
+    recipe = recipe_class("vdsr")(cfg, torch.device("cpu"))
+    ilr, _ = recipe.luma_batch(2, 3)
+    with torch.no_grad():
+        assert torch.equal(recipe.net(ilr), ilr)
+    hidden = recipe.net.residual_layer[0].conv.weight
+    assert hidden.std().item() == pytest.approx((2 / (9 * 16)) ** 0.5, rel=0.15)
+
+
+def test_vdsr_adam_option_reduces_loss(image_folder, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(image_folder, tmp_path, "vdsr", "vdsr", {"num_layers": 4, "n_feats": 8},
+                      data={"hr_patch": 24, "batch": 8}, optim={"type": "adam", "lr": 1e-3, "weight_decay": 0.0})
+    recipe = recipe_class("vdsr")(cfg, torch.device("cpu"))
+    assert isinstance(recipe.optimizers["net"], torch.optim.Adam)
+    assert_decreases(run_steps(recipe, 40, "mse"))
+
+
+@pytest.mark.parametrize("recipe,arch,hparams,key,data", [
+    ("edsr", "edsr", {"n_resblocks": 1, "n_feats": 8, "scale": 2}, "l1", {"lr_patch": 8}),
+    ("vdsr", "vdsr", {"num_layers": 4, "n_feats": 8}, "mse", {"hr_patch": 24, "batch": 8}),
+])
+def test_bf16_autocast_and_channels_last_steps_reduce_loss(image_folder, tmp_path, recipe, arch, hparams, key, data):
+    """The GPU configs' settings (amp: bf16, channels_last) on CPU: same recipe, loss goes down."""
+    torch.manual_seed(0)
+    optim = {"type": "adam", "weight_decay": 0.0} if recipe == "vdsr" else {}
+    cfg = tiny_config(image_folder, tmp_path, recipe, arch, hparams, data=data, optim=optim, amp="bf16", channels_last=True)
+    r = recipe_class(recipe)(cfg, torch.device("cpu"))
+    assert next(r.net.parameters()).is_contiguous(memory_format=torch.channels_last)
+    assert_decreases(run_steps(r, 40, key))
+
+
+def test_dasr_step_under_bf16_autocast(image_folder, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(image_folder, tmp_path, "dasr", "dasr", {"n_groups": 1, "n_blocks": 1, "n_feats": 8, "scale": 2},
+                      data={"lr_patch": 8, "batch": 4}, extra={"encoder_iterations": 1, "queue_size": 16},
+                      amp="bf16", channels_last=True)
+    r = recipe_class("dasr")(cfg, torch.device("cpu"))
+    losses = [r.step(i) for i in range(3)]
+    assert all(np.isfinite(v) for step in losses for v in step.values())
+
+
+def test_unknown_amp_setting_is_refused(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path, "edsr", "edsr", {"n_resblocks": 1, "n_feats": 8, "scale": 2}, amp="fp8")
+    with pytest.raises(ValueError, match="amp must be bf16"):
+        recipe_class("edsr")(cfg, torch.device("cpu")).step(0)
+
+
+def test_cosine_factor_runs_from_one_to_final():
+    from srserve.train.runner import cosine_factor
+
+    assert cosine_factor(0.0, 0.02) == 1.0
+    assert cosine_factor(0.5, 0.02) == pytest.approx(0.51)
+    assert cosine_factor(1.0, 0.02) == pytest.approx(0.02)
+    assert cosine_factor(3.0, 0.02) == pytest.approx(0.02)  # past the budget it stays at the floor
+
+
+def test_time_boxed_run_anneals_lr_over_its_minutes_and_publishes_contiguous_weights(image_folder, tmp_path, monkeypatch):
+    import yaml
+
+    from srserve.models.checkpoint import load_checkpoint
+    from srserve.train.runner import train
+
+    monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "timed.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "timed", "recipe": "edsr", "arch": "edsr", "repository_name": "timed", "channels_last": True,
+        "hparams": {"n_resblocks": 1, "n_feats": 8, "scale": 2}, "iterations": 10**6,
+        "data": {"folders": [image_folder], "lr_patch": 8, "batch": 2, "cache_dir": str(tmp_path / "cache")},
+        "optim": {"lr": 1e-3, "anneal_to": 0.02}, "validation": {"dataset": str(tmp_path / "none")}}))
+    trainer = train(str(path), str(tmp_path / "repo"), minutes=0.05)
+    assert 1 < trainer.iteration < 10**6
+    assert trainer.recipe.current_lr() < 0.5e-3  # annealed towards 0.02 × lr by the end of the budget
+    published = load_checkpoint(tmp_path / "repo" / "timed" / "x2.safetensors")
+    assert all(v.is_contiguous() for v in published.values())
+
+
+def test_repository_lock_excludes_a_second_publisher(tmp_path):
+    import threading
+    import time
+
+    from srserve.train.runner import repository_lock
+
+    entered = threading.Event()
+
+    def second():
+        with repository_lock(tmp_path):
+            entered.set()
+
+    with repository_lock(tmp_path):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.2)
+        assert not entered.is_set()
+    thread.join(5)
+    assert entered.is_set()

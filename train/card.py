@@ -41,6 +41,13 @@ def measure(entry: ModelEntry, datasets_root: Path) -> list[dict]:
     return rows
 
 
+def where_trained(entry: ModelEntry) -> str:
+    hardware = {str(w.source.get("hardware", "")) for w in entry.weights}
+    if all(h.startswith("CPU") for h in hardware):
+        return "on a CPU"
+    return "minutes on one GPU" if not any(h.startswith("CPU") for h in hardware) else "on a CPU and a GPU"
+
+
 def render_card(entry: ModelEntry, rows: list[dict]) -> str:
     paper = PAPER_PSNR.get("edsr" if entry.architecture == "mdsr" else entry.architecture, {})
     lines = [f"# {entry.extra.get('display_name') or entry.name}", "", entry.description, "",
@@ -55,7 +62,8 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
                      f"{s.get('wall_time_s', '?')} s on {s.get('hardware', '?')}, {s.get('date', '')}; "
                      f"data: {', '.join(map(str, s.get('data') or ['?']))}.")
     lines += ["", "Training data are the 400 BSDS500 train+test images (481×321), not DIV2K/Flickr2K as in the papers,",
-              "and training ran for a small fraction of the papers' iterations on a CPU: expect lower PSNR than published.", ""]
+              f"and training ran for a small fraction of the papers' iterations ({where_trained(entry)}): "
+              "expect lower PSNR than published.", ""]
     lines += ["## Measured PSNR (Y channel, dB) and SSIM", "",
               "Protocol: MATLAB-bicubic LR, Y of BT.601, `scale` pixels shaved (`srserve eval`).", "",
               f"| dataset | scale | this model | SSIM | bicubic (measured) | gain | {PAPER_NAME.get(entry.architecture, 'paper')} (published) |",
