@@ -24,13 +24,13 @@ PAPER_NAME = {"vdsr": "VDSR", "edsr": "EDSR", "mdsr": "EDSR (MDSR has no Set5 ta
 BENCHMARKS = ("Set5", "Set14")
 
 
-def measure(entry: ModelEntry, datasets_root: Path) -> list[dict]:
+def measure(entry: ModelEntry, datasets_root: Path, device: str = "cpu") -> list[dict]:
     """Y-PSNR/SSIM of the entry and of bicubic on Set5/Set14 at every scale it serves."""
     from srserve.backend import TorchBackend
     from srserve.evaluate import evaluate
 
     rows = []
-    backend = TorchBackend(entry.load("cpu"))
+    backend = TorchBackend(entry.load(device), device)
     for bench in BENCHMARKS:
         for scale in entry.scales:
             dataset = datasets_root / "benchmark" / bench
@@ -77,8 +77,9 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(entry: ModelEntry, datasets_root: str = "${SR_DATASETS}") -> list[dict]:
-    rows = measure(entry, expand_path(datasets_root))
+def write_model_card(entry: ModelEntry, datasets_root: str = "${SR_DATASETS}", device: str = "cpu") -> list[dict]:
+    """Measures the entry (on ``device``: a GPU run should not wait for the CPU) and rewrites its card."""
+    rows = measure(entry, expand_path(datasets_root), device)
     entry.extra["benchmarks"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     entry.save()
     (entry.path / "README.md").write_text(render_card(entry, rows))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the shipped default models one after another. Each run continues where it stopped: from
+# Trains the reduced CPU configs (train/configs/*.yaml, published as NAME-cpu) one after another. Each run continues where it stopped: from
 # its checkpoint in $SR_RUNS, or, on a machine without it, from the weights it published into
 # model_repository/ (which travel with git). So the script can be killed and re-run at any time.
 # Usage: train/queue.sh [NAME[:MINUTES] ...]   e.g. train/queue.sh edsr_x2:30 mdsr:60

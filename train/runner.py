@@ -269,7 +269,7 @@ class Trainer:
             if cfg.display_name:
                 entry.extra["display_name"] = cfg.display_name
                 entry.save()
-            write_model_card(entry)
+            write_model_card(entry, device=str(self.device))
         print(f"published {cfg.repository_name} x{self.recipe.scales} -> {entry.path}")
 
 
