@@ -21,9 +21,9 @@ What it does, in one run so the ratios are side by side:
    backend time per tile in the server vs the bare run shows how much the other work of the
    server and the clients (decoding, encoding, HTTP) slowed the backend down on shared cores.
 
-Without ``--repository`` the models are random-weight networks with the shipped models'
-hyper-parameters (``train/configs``: EDSR and MDSR with 8 blocks of 32 features) in a temporary
-repository; speed does not depend on the weights. The images are crops of the Set14 HR
+Without ``--repository`` the models are random-weight networks with the shipped EDSR's and
+MDSR's hyper-parameters (read from ``model_repository/*/model.json``) in a temporary repository;
+speed does not depend on the weights. The images are crops of the Set14 HR
 images when the datasets are present, else synthetic.
 """
 from __future__ import annotations
@@ -48,10 +48,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets" / "benchmark"
-SHIPPED_SIZE = {  # name -> (architecture, hparams) of the shipped defaults (train/configs)
-    "edsr": ("edsr", {"n_resblocks": 8, "n_feats": 32, "res_scale": 1.0, "scale": 2}),
-    "mdsr": ("mdsr", {"n_resblocks": 8, "n_feats": 32, "scales": [2, 3, 4]}),
-}
+SHIPPED = ROOT / "model_repository"
+SIZED_LIKE_SHIPPED = ("edsr", "mdsr")  # the models a default run can load
 
 
 def parse_args(argv=None):
@@ -83,10 +81,13 @@ def shipped_size_repository(root: Path) -> Path:
     from srserve.models.registry import build_network
     from srserve.models.repository import Repository
 
-    repo = Repository(root)
-    for i, (name, (arch, hparams)) in enumerate(SHIPPED_SIZE.items()):
-        torch.manual_seed(i)
-        repo.add_weights(name, arch, hparams, build_network(arch, hparams).state_dict())
+    shipped, repo = Repository(SHIPPED), Repository(root)
+    for name in SIZED_LIKE_SHIPPED:
+        entry = shipped.get(name)  # architecture and hyper-parameters come from model.json
+        for i, weights in enumerate(entry.weights):
+            torch.manual_seed(i)
+            net = build_network(entry.architecture, weights.hparams)
+            repo.add_weights(name, entry.architecture, weights.hparams, net.state_dict(), file=weights.file)
     return root
 
 
