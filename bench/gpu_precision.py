@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import numpy as np
 import torch
 
+from backends import time_call  # bench/backends.py: synchronised wall time of one call
 from srserve.evaluate import discover, evaluate, load_pair, to_tensor, to_uint8
 from srserve.export.backends import create_backend
 from srserve.models.repository import Repository
@@ -41,11 +41,6 @@ def max_level_difference(backends: dict, dataset: str, scale: int) -> dict[str, 
     return worst
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def throughput(backends: dict, scale: int, tile: int, batch: int, rounds: int, device: str) -> dict[str, float]:
     """LR megapixels/s per precision, rounds interleaved so clock changes hit all alike."""
     x = torch.rand(batch, 3, tile, tile, device=device)
@@ -56,11 +51,7 @@ def throughput(backends: dict, scale: int, tile: int, batch: int, rounds: int, d
             b.run(x, scale)
         for _ in range(rounds):
             for p, b in backends.items():
-                sync(device)
-                start = time.perf_counter()
-                b.run(x, scale)
-                sync(device)
-                times[p].append(time.perf_counter() - start)
+                times[p].append(time_call(lambda b=b: b.run(x, scale), device))
     return {p: round(batch * tile * tile / statistics.median(t) / 1e6, 3) for p, t in times.items()}
 
 

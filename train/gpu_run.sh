@@ -13,7 +13,6 @@ py=${PYTHON:-.venv/bin/python}
 export SR_RUNS=${SR_RUNS:-$HOME/.cache/srserve/runs}
 export SR_DATASETS=${SR_DATASETS:-$(cd .. && pwd)/shared/datasets}
 mkdir -p "$SR_RUNS/logs"
-part() { "$py" -c "print(round($minutes * $1, 2))"; }
 
 run() {  # CONFIG MINUTES
   local log="$SR_RUNS/logs/$(basename "$1" .yaml).log"
@@ -22,8 +21,7 @@ run() {  # CONFIG MINUTES
     || echo "!! $1 failed with $? (see $log)"
 }
 
-edsr_x2_minutes=$(part 0.45)
-rest=$("$py" -c "print(round($minutes - $edsr_x2_minutes, 2))")
+read -r edsr_x2_minutes rest < <("$py" -c "x2 = round($minutes * 0.45, 2); print(x2, round($minutes - x2, 2))")
 (run edsr_x2 "$edsr_x2_minutes"; run edsr_x3 "$rest" & run edsr_x4 "$rest" & wait) &
 for name in mdsr vdsr esrgan_psnr dasr; do
   run "$name" "$minutes" &

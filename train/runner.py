@@ -254,7 +254,7 @@ class Trainer:
         from .card import write_model_card
 
         cfg = self.cfg
-        state = {k: v.detach().cpu().contiguous() for k, v in self.recipe.exported().state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in self.recipe.exported().state_dict().items()}
         arch, hparams, _ = load_network(state, cfg.arch, self.recipe.hparams)  # proves it reloads strictly
         source = {
             "trained_by": "srserve train", "config": str(cfg.path), "recipe": cfg.recipe,

@@ -39,6 +39,8 @@ class Recipe:
         self.spec = get_spec(cfg.arch)
         self.hparams = {**self.spec.default_hparams, **cfg.hparams}
         self.scales = scales_of(cfg.arch, self.hparams)
+        if cfg.amp not in (None, "bf16"):
+            raise ValueError(f"amp must be bf16 or absent, not {cfg.amp!r}")
         self.net = build_network(cfg.arch, self.hparams).to(device)
         if cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -63,8 +65,6 @@ class Recipe:
     def autocast(self):
         """The context of forward passes: bfloat16 autocast when ``amp: bf16`` (losses are then
         taken on ``.float()`` outputs), a no-op otherwise."""
-        if self.cfg.amp not in (None, "bf16"):
-            raise ValueError(f"amp must be bf16 or absent, not {self.cfg.amp!r}")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
