@@ -240,13 +240,24 @@ def test_error_statuses(repo):
     assert metric(metrics, "sr_output_pixels_total", model="edsr") == 2 * 1600
 
 
+async def wait_until(condition, timeout_s: float = 30.0) -> None:
+    """Poll the service state instead of sleeping a guessed time (CI machines differ in speed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "the service never reached the expected state"
+        await asyncio.sleep(0.001)
+
+
 def test_overload_timeout_and_drain_statuses(repo):
-    big = image_bytes(64, 64, seed=1)  # 16 tiles, x8 with self-ensemble
+    big = image_bytes(128, 128, seed=1)  # 64 tiles, x8 with self-ensemble, one tile per batch
 
     async def inflight_limit():
-        async with running_app(service_settings(repo, models=["edsr"], max_inflight_requests=1)) as (_, client):
+        settings = service_settings(repo, models=["edsr"], max_inflight_requests=1, max_batch_tiles=1)
+        async with running_app(settings) as (app, client):
+            service = app.state.service
             first = asyncio.create_task(post(client, "model=edsr&self_ensemble=true", big))
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: service.engine.scheduler.queued_tiles > 0)
             return await post(client, "model=edsr", image_bytes(8, 8)), await first
 
     async def queue_limit_timeout_drain():
@@ -257,7 +268,7 @@ def test_overload_timeout_and_drain_statuses(repo):
             out = {}
             huge = image_bytes(256, 256)  # 256 tiles x 8 = 2048 tile jobs: far more than 1.5 s on a CPU
             first = asyncio.create_task(post(client, "model=edsr&self_ensemble=true", huge))
-            await asyncio.sleep(0.2)
+            await wait_until(lambda: service.engine.scheduler.queued_tiles > 0)
             out["queue_full"] = await post(client, "model=edsr&self_ensemble=true", huge)
             out["small_meanwhile"] = await post(client, "model=edsr", image_bytes(8, 8))  # fits, served fairly
             out["timeout"] = await first

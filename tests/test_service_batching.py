@@ -94,7 +94,7 @@ def test_tiles_of_many_requests_share_batches_and_results_are_exact():
 
 
 def test_round_robin_a_small_request_is_not_starved():
-    runner = RecordingRunner(delay=0.002)
+    runner = RecordingRunner(delay=0.01)  # the big request alone takes 0.32 s: the small one comes well before
 
     async def scenario(scheduler, loop):
         big = make_work(runner, loop, 64, 64, 8, seed=1)  # 64 tiles
@@ -115,7 +115,7 @@ def test_round_robin_a_small_request_is_not_starved():
 
 def test_round_robin_across_queues():
     """Two models (two queues): a request of the second is served while the first still has work."""
-    slow, other = RecordingRunner("slow", delay=0.002), RecordingRunner("other")
+    slow, other = RecordingRunner("slow", delay=0.01), RecordingRunner("other")  # 64 tiles: 0.64 s alone
 
     async def scenario(scheduler, loop):
         big = make_work(slow, loop, 64, 64, 8)
