@@ -183,6 +183,37 @@ def test_run_without_checkpoints_continues_from_published_weights(image_folder, 
     assert Trainer(load_config(config), tmp_path / "repo").published_progress() is None  # finished: nothing to continue
 
 
+def test_another_config_continues_the_same_model_and_the_card_lists_both_stages(image_folder, tmp_path, monkeypatch):
+    """E.g. GPU-trained weights continued on a CPU with a smaller batch: each stage keeps its facts."""
+    import yaml
+
+    from srserve.models.repository import Repository
+    from srserve.train.card import render_card
+    from srserve.train.runner import Trainer, load_config, train
+
+    monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs"))
+    first_config = write_config(tmp_path, image_folder, 6)
+    train(first_config, str(tmp_path / "repo"))
+    continuation = tmp_path / "tiny_edsr_continued.yaml"
+    settings = yaml.safe_load(open(first_config))
+    continuation.write_text(yaml.safe_dump({**settings, "name": "tiny_continued", "iterations": 10,
+                                            "data": {**settings["data"], "batch": 1}}))
+
+    interrupted = Trainer(load_config(str(continuation)), tmp_path / "repo")
+    assert interrupted.warm_start_from_published() and interrupted.iteration == 6
+    interrupted.run(8)  # checkpoints at 8; the next call resumes from the checkpoint, stages intact
+    finished = train(str(continuation), str(tmp_path / "repo"))
+    assert finished.iteration == 10
+
+    source = Repository(tmp_path / "repo").get("tiny").weights[0].source
+    first, second = source["stages"]
+    assert (first["config"], first["iterations"], first["batch"]) == (first_config, 6, 2)
+    assert (second["config"], second["iterations"], second["batch"]) == (str(continuation), 4, 1)
+    assert source["iterations"] == 10 and source["hardware"] == first["hardware"]
+    card = render_card(Repository(tmp_path / "repo").get("tiny"), [])
+    assert "10 iterations" in card and "In stages: 6 iterations on" in card and "; then 4 iterations on" in card
+
+
 def test_sampler_with_data_on_the_device_gives_the_same_batches(image_folder, tmp_path):
     """On a GPU the images live on the device; batches must not depend on where they are built."""
     from srserve.train.data import PatchSampler

@@ -42,10 +42,25 @@ def measure(entry: ModelEntry, datasets_root: Path, device: str = "cpu") -> list
 
 
 def where_trained(entry: ModelEntry) -> str:
-    hardware = {str(w.source.get("hardware", "")) for w in entry.weights}
+    hardware = {str(stage.get("hardware", "")) for w in entry.weights for stage in w.source.get("stages") or [w.source]}
     if all(h.startswith("CPU") for h in hardware):
         return "on a CPU"
     return "minutes on one GPU" if not any(h.startswith("CPU") for h in hardware) else "on a CPU and a GPU"
+
+
+def batch_and_patch(source: dict) -> str:
+    """Batch and patch of a single-stage run (a staged run names them per stage)."""
+    if source.get("stages"):
+        return ""
+    return f" (batch {source.get('batch', '?')}, LR patch {source.get('lr_patch', '?')})"
+
+
+def describe_stages(stages: list[dict] | None) -> str:
+    if not stages:
+        return ""
+    parts = [f"{st['iterations']} iterations on {st['hardware']} (batch {st['batch']}, LR patch {st['lr_patch']}, "
+             f"{st['wall_time_s']} s, `{st['config']}`)" for st in stages]
+    return " In stages: " + "; then ".join(parts) + "."
 
 
 def render_card(entry: ModelEntry, rows: list[dict]) -> str:
@@ -57,10 +72,9 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
         s = w.source
         size_kb = (entry.path / w.file).stat().st_size // 1024 if (entry.path / w.file).exists() else 0
         lines.append(f"- `{w.file}` (x{'/'.join(map(str, w.scales))}, {size_kb} KiB), hyper-parameters `{w.hparams}`: "
-                     f"{s.get('recipe', 'imported')} recipe, {s.get('iterations', '?')} iterations "
-                     f"(batch {s.get('batch', '?')}, LR patch {s.get('lr_patch', '?')}), "
+                     f"{s.get('recipe', 'imported')} recipe, {s.get('iterations', '?')} iterations{batch_and_patch(s)}, "
                      f"{s.get('wall_time_s', '?')} s on {s.get('hardware', '?')}, {s.get('date', '')}; "
-                     f"data: {', '.join(map(str, s.get('data') or ['?']))}.")
+                     f"data: {', '.join(map(str, s.get('data') or ['?']))}.{describe_stages(s.get('stages'))}")
     lines += ["", "Training data are the 400 BSDS500 train+test images (481×321), not DIV2K/Flickr2K as in the papers,",
               f"and training ran for a small fraction of the papers' iterations ({where_trained(entry)}): "
               "expect lower PSNR than published.", ""]

@@ -88,6 +88,10 @@ class Trainer:
         self.elapsed = 0.0  # training wall time over all sessions
         self.best: dict = {}
         self.warm_starts: list[int] = []  # iterations where a run continued from published weights
+        # Earlier stages of a run continued from published weights (maybe other hardware, batch or
+        # config), and where this stage began: the card must say how each part was trained.
+        self.stages: list[dict] = []
+        self.stage_start: tuple[int, float] = (0, 0.0)
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -103,6 +107,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in r.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in r.schedulers.items()},
             "extra": r.extra_state() if hasattr(r, "extra_state") else {}, "warm_starts": self.warm_starts,
+            "stages": json.dumps(self.stages), "stage_start": list(self.stage_start),
             "torch_rng": torch.get_rng_state(), "sampler_rng": json.dumps(r.sampler.rng_state()),
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -127,19 +132,24 @@ class Trainer:
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
         self.best = json.loads(state["best"])
         self.warm_starts = list(state.get("warm_starts", []))
+        self.stages = json.loads(state.get("stages", "[]"))
+        start = state.get("stage_start", (0, 0.0))
+        self.stage_start = (int(start[0]), float(start[1]))
         return True
 
     def published_progress(self) -> dict | None:
-        """The training facts of weights this same config published earlier, if they are behind."""
+        """The training facts of the same model (entry, scales, hyper-parameters) published earlier,
+        if they are behind this config's iterations; any config may continue it (e.g. a CPU
+        config continuing GPU-trained weights with a smaller batch)."""
         try:
             entry = self.repository.get(self.cfg.repository_name)
         except Exception:  # no such entry yet
             return None
         for weights in entry.weights:
             source = weights.source
-            same_run = (Path(source.get("config", "")).name == Path(self.cfg.path or "").name and sorted(weights.scales) == sorted(self.recipe.scales)
-                        and weights.hparams == self.recipe.hparams)
-            if same_run and 0 < int(source.get("iterations", 0)) < self.cfg.iterations:
+            same_model = (entry.architecture == self.cfg.arch and sorted(weights.scales) == sorted(self.recipe.scales)
+                          and weights.hparams == self.recipe.hparams)
+            if same_model and 0 < int(source.get("iterations", 0)) < self.cfg.iterations:
                 return {"path": entry.path / weights.file, **source}
         return None
 
@@ -163,6 +173,8 @@ class Trainer:
         self.iteration, self.elapsed = int(source["iterations"]), float(source.get("wall_time_s", 0))
         self.best = dict(source.get("validation") or {})
         self.warm_starts = [*source.get("warm_starts", []), self.iteration]
+        self.stages = list(source.get("stages") or [stage_facts(source)])
+        self.stage_start = (self.iteration, self.elapsed)
         with warnings.catch_warnings():  # stepping schedulers without optimiser steps is intended here
             warnings.simplefilter("ignore")
             for sched in self.recipe.schedulers.values():
@@ -262,6 +274,11 @@ class Trainer:
             "data": cfg.data.get("folders"), "batch": cfg.data.get("batch"), "lr_patch": cfg.data.get("lr_patch"),
             "validation": self.best, **({"warm_starts": self.warm_starts} if self.warm_starts else {}), "date": time.strftime("%Y-%m-%d"),
         }
+        if self.stages:
+            this_stage = {**stage_facts(source), "iterations": self.iteration - self.stage_start[0],
+                          "wall_time_s": round(self.elapsed - self.stage_start[1])}
+            source["stages"] = [*self.stages, this_stage]
+            source["hardware"] = " + ".join(dict.fromkeys(str(st["hardware"]) for st in source["stages"]))
         with repository_lock(self.repository.root):  # runs of x3 and x4 publish into one entry
             entry = self.repository.add_weights(cfg.repository_name, arch, self.recipe.hparams, state, source=source,
                                                 description=cfg.description, license="Apache-2.0 (weights trained by srserve)",
@@ -271,6 +288,14 @@ class Trainer:
                 entry.save()
             write_model_card(entry, device=str(self.device))
         print(f"published {cfg.repository_name} x{self.recipe.scales} -> {entry.path}")
+
+
+STAGE_FACTS = ("config", "iterations", "wall_time_s", "hardware", "batch", "lr_patch")
+
+
+def stage_facts(source: dict) -> dict:
+    """How one stage of a run was trained, from a weights' source record."""
+    return {k: source.get(k) for k in STAGE_FACTS}
 
 
 def train(config_path: str, repository: str = "model_repository", *, resume: bool = True,
