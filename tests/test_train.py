@@ -183,6 +183,28 @@ def test_run_without_checkpoints_continues_from_published_weights(image_folder, 
     assert Trainer(load_config(config), tmp_path / "repo").published_progress() is None  # finished: nothing to continue
 
 
+def test_first_log_window_after_a_resume_averages_only_its_own_steps(image_folder, tmp_path, monkeypatch):
+    import csv
+    import json
+
+    import yaml
+
+    from srserve.train.runner import Trainer, load_config
+
+    monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs"))
+    config = write_config(tmp_path, image_folder, 8)
+    settings = yaml.safe_load(open(config))
+    open(config, "w").write(yaml.safe_dump({**settings, "log_every": 4}))
+    Trainer(load_config(config), tmp_path / "repo").run(6)  # checkpoint at 6, inside the window 5..8
+    resumed = Trainer(load_config(config), tmp_path / "repo")
+    assert resumed.resume() and resumed.iteration == 6
+    monkeypatch.setattr(resumed.recipe, "step", lambda iteration: {"l1": 1.0})
+    resumed.run(8)
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "tiny_edsr" / "log.csv")))
+    last = [r for r in rows if r["iteration"] == "8" and "l1" in r["losses"]][-1]
+    assert json.loads(last["losses"]) == {"l1": 1.0}  # 2 steps of 1.0, not (1.0 + 1.0) / 4
+
+
 def test_another_config_continues_the_same_model_and_the_card_lists_both_stages(image_folder, tmp_path, monkeypatch):
     """E.g. GPU-trained weights continued on a CPU with a smaller batch: each stage keeps its facts."""
     import yaml

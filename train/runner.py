@@ -227,6 +227,7 @@ class Trainer:
         base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.recipe.optimizers.items()}
         bar = tqdm(total=total, initial=self.iteration, desc=self.cfg.name, dynamic_ncols=True)
         running: dict[str, float] = {}
+        steps_in_window = 0  # a resumed run's first window can be shorter than log_every
         while self.iteration < total:
             if anneal_to is not None:
                 self.scale_learning_rates(base_lrs, cosine_factor((time.monotonic() - started) / (minutes * 60), anneal_to))
@@ -236,11 +237,12 @@ class Trainer:
             self.iteration += 1
             for k, v in losses.items():
                 running[k] = running.get(k, 0.0) + float(v)
+            steps_in_window += 1
             bar.update(1)
             last = self.iteration == total or time.monotonic() >= deadline
             if self.iteration % self.cfg.log_every == 0:
-                avg = {k: round(v / self.cfg.log_every, 4) for k, v in running.items()}
-                running = {}
+                avg = {k: round(v / steps_in_window, 4) for k, v in running.items()}
+                running, steps_in_window = {}, 0
                 bar.set_postfix(avg)
                 self.log({"iteration": self.iteration, "elapsed_s": round(self.elapsed, 1),
                           "lr": self.recipe.current_lr(), "losses": json.dumps(avg)})
