@@ -225,7 +225,7 @@ class Trainer:
         # optim.anneal_to makes the lr follow a cosine over the wall-time budget instead.
         anneal_to = self.cfg.optim.get("anneal_to") if minutes else None
         base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.recipe.optimizers.items()}
-        bar = tqdm(total=total, initial=self.iteration, desc=self.cfg.name, dynamic_ncols=True)
+        bar = progress_bar(self.cfg.name, total, self.iteration, minutes)
         running: dict[str, float] = {}
         steps_in_window = 0  # a resumed run's first window can be shorter than log_every
         while self.iteration < total:
@@ -290,6 +290,14 @@ class Trainer:
                 entry.save()
             write_model_card(entry, device=str(self.device))
         print(f"published {cfg.repository_name} x{self.recipe.scales} -> {entry.path}")
+
+
+def progress_bar(name: str, total: int, done: int, minutes: float | None) -> tqdm:
+    """Iterations against the total; a time-boxed run (GPU configs say 1e6 iterations and stop on
+    the clock) names its budget instead of an ETA for iterations it will never reach."""
+    if minutes:
+        return tqdm(initial=done, desc=f"{name} ({minutes:g} min budget)", unit="it", dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc=name, dynamic_ncols=True)
 
 
 STAGE_FACTS = ("config", "iterations", "wall_time_s", "hardware", "batch", "lr_patch")
