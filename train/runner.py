@@ -89,9 +89,8 @@ class Trainer:
         self.best: dict = {}
         self.warm_starts: list[int] = []  # iterations where a run continued from published weights
         # Earlier stages of a run continued from published weights (maybe other hardware, batch or
-        # config), and where this stage began: the card must say how each part was trained.
+        # config): the card must say how each part was trained. This stage is the rest of the totals.
         self.stages: list[dict] = []
-        self.stage_start: tuple[int, float] = (0, 0.0)
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -107,7 +106,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in r.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in r.schedulers.items()},
             "extra": r.extra_state() if hasattr(r, "extra_state") else {}, "warm_starts": self.warm_starts,
-            "stages": json.dumps(self.stages), "stage_start": list(self.stage_start),
+            "stages": json.dumps(self.stages),
             "torch_rng": torch.get_rng_state(), "sampler_rng": json.dumps(r.sampler.rng_state()),
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -133,8 +132,6 @@ class Trainer:
         self.best = json.loads(state["best"])
         self.warm_starts = list(state.get("warm_starts", []))
         self.stages = json.loads(state.get("stages", "[]"))
-        start = state.get("stage_start", (0, 0.0))
-        self.stage_start = (int(start[0]), float(start[1]))
         return True
 
     def published_progress(self) -> dict | None:
@@ -174,7 +171,6 @@ class Trainer:
         self.best = dict(source.get("validation") or {})
         self.warm_starts = [*source.get("warm_starts", []), self.iteration]
         self.stages = list(source.get("stages") or [stage_facts(source)])
-        self.stage_start = (self.iteration, self.elapsed)
         with warnings.catch_warnings():  # stepping schedulers without optimiser steps is intended here
             warnings.simplefilter("ignore")
             for sched in self.recipe.schedulers.values():
@@ -277,8 +273,8 @@ class Trainer:
             "validation": self.best, **({"warm_starts": self.warm_starts} if self.warm_starts else {}), "date": time.strftime("%Y-%m-%d"),
         }
         if self.stages:
-            this_stage = {**stage_facts(source), "iterations": self.iteration - self.stage_start[0],
-                          "wall_time_s": round(self.elapsed - self.stage_start[1])}
+            this_stage = {**stage_facts(source), **{k: source[k] - sum(st[k] for st in self.stages)
+                                                    for k in ("iterations", "wall_time_s")}}
             source["stages"] = [*self.stages, this_stage]
             source["hardware"] = " + ".join(dict.fromkeys(str(st["hardware"]) for st in source["stages"]))
         with repository_lock(self.repository.root):  # runs of x3 and x4 publish into one entry
