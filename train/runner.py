@@ -69,6 +69,33 @@ def repository_lock(root: Path):
         os.close(fd)  # releases the lock
 
 
+WARM_START_WARMUP = 200  # iterations; optim.warm_start_warmup overrides
+
+
+@contextlib.contextmanager
+def scaled_learning_rates(optimizers, factor: float):
+    """Steps with every lr times ``factor``, then divides it back out, so a scheduler's own
+    (multiplicative) change made during the step survives and the warm-up leaves no trace."""
+    if factor >= 1.0:
+        yield
+        return
+    groups = [g for opt in optimizers for g in opt.param_groups]
+    for g in groups:
+        g["lr"] *= factor
+    try:
+        yield
+    finally:
+        for g in groups:
+            g["lr"] /= factor
+
+
+def warmup_factor(steps_done: int, warmup: int) -> float:
+    """Linear ramp over the first ``warmup`` steps after a warm start: the optimiser's moments
+    start afresh there, and full-lr Adam steps on trained weights undo them (a DASR at 30.33 dB
+    fell to 29.04 dB on Set5 after 5 steps at lr 4e-4 without it)."""
+    return min(1.0, (steps_done + 1) / warmup) if warmup > 0 else 1.0
+
+
 def cosine_factor(fraction: float, final: float) -> float:
     """1 at the start, ``final`` at the end (fraction 1) of a half cosine."""
     fraction = min(max(fraction, 0.0), 1.0)
@@ -91,6 +118,7 @@ class Trainer:
         # Earlier stages of a run continued from published weights (maybe other hardware, batch or
         # config): the card must say how each part was trained. This stage is the rest of the totals.
         self.stages: list[dict] = []
+        self.warmup_steps = 0  # set by a warm start: its optimiser moments start afresh
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -171,6 +199,7 @@ class Trainer:
         self.best = dict(source.get("validation") or {})
         self.warm_starts = [*source.get("warm_starts", []), self.iteration]
         self.stages = list(source.get("stages") or [stage_facts(source)])
+        self.warmup_steps = int(self.cfg.optim.get("warm_start_warmup", WARM_START_WARMUP))
         with warnings.catch_warnings():  # stepping schedulers without optimiser steps is intended here
             warnings.simplefilter("ignore")
             for sched in self.recipe.schedulers.values():
@@ -224,11 +253,14 @@ class Trainer:
         bar = progress_bar(self.cfg.name, total, self.iteration, minutes)
         running: dict[str, float] = {}
         steps_in_window = 0  # a resumed run's first window can be shorter than log_every
+        steps_this_call = 0
         while self.iteration < total:
             if anneal_to is not None:
                 self.scale_learning_rates(base_lrs, cosine_factor((time.monotonic() - started) / (minutes * 60), anneal_to))
             start = time.perf_counter()
-            losses = self.recipe.step(self.iteration)
+            with scaled_learning_rates(self.recipe.optimizers.values(), warmup_factor(steps_this_call, self.warmup_steps)):
+                losses = self.recipe.step(self.iteration)
+            steps_this_call += 1
             self.elapsed += time.perf_counter() - start
             self.iteration += 1
             for k, v in losses.items():
