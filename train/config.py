@@ -23,7 +23,7 @@ class TrainConfig:
     repository_name: str           # model-repository entry written when the run finishes
     iterations: int
     data: dict                     # folders, lr_patch, batch, cache_dir, limit
-    optim: dict                    # lr, betas, eps, weight_decay, momentum, halve_every / milestones
+    optim: dict                    # lr, betas, eps, weight_decay, momentum, halve_every / milestones, anneal_to, warm_start_warmup
     display_name: str = ""
     description: str = ""
     init_from: str | None = None   # weights (safetensors or checkpoint) to start from, e.g. EDSR x2 for x3/x4
