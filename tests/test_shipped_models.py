@@ -68,14 +68,14 @@ def test_shipped_model_meets_the_target_gain(name):
             assert r.psnr - r.bicubic_psnr >= target, f"{name} x{scale}: +{r.psnr - r.bicubic_psnr:.2f} dB < +{target}"
 
 
-VDSR_PAPER_SET5 = {2: 37.53, 3: 33.66, 4: 31.35}  # issue 6's stretch target for edsr and mdsr
-
-
 @needs_set5
 @pytest.mark.parametrize("name", ["edsr", pytest.param("mdsr", marks=pytest.mark.xfail(
     strict=True, reason="MDSR (6000 GPU iterations shared between three scales) is 0.3-0.5 dB below VDSR's paper"))])
 def test_shipped_model_beats_the_vdsr_paper(name):
-    for scale, paper in VDSR_PAPER_SET5.items():
+    """Issue 6's stretch target for edsr and mdsr: VDSR's published Set5 PSNR at x2/x3/x4."""
+    from srserve.train.card import PAPER_PSNR
+
+    for scale in (2, 3, 4):
+        paper = PAPER_PSNR["vdsr"][("Set5", scale)]
         r = set5(name, scale)
         assert r.psnr > paper, f"{name} x{scale}: {r.psnr:.2f} dB <= VDSR paper {paper}"
-
