@@ -234,6 +234,11 @@ class Trainer:
             for group, base in zip(opt.param_groups, base_lrs[name]):
                 group["lr"] = base * factor
 
+    def lr_warmup_share(self) -> float:
+        """This step's share of the lr after a warm start in this trainer, counted from the warm
+        start's iteration (not from this call), so a second run() continues the ramp."""
+        return warmup_factor(self.iteration - self.warm_starts[-1], self.warmup_steps) if self.warmup_steps else 1.0
+
     def improves(self, val: dict) -> bool:
         keys = [k for k in val if k.startswith("val_psnr")]
         return not self.best or sum(val[k] for k in keys) > sum(self.best.get(k, float("-inf")) for k in keys)
@@ -253,14 +258,12 @@ class Trainer:
         bar = progress_bar(self.cfg.name, total, self.iteration, minutes)
         running: dict[str, float] = {}
         steps_in_window = 0  # a resumed run's first window can be shorter than log_every
-        steps_this_call = 0
         while self.iteration < total:
             if anneal_to is not None:
                 self.scale_learning_rates(base_lrs, cosine_factor((time.monotonic() - started) / (minutes * 60), anneal_to))
             start = time.perf_counter()
-            with scaled_learning_rates(self.recipe.optimizers.values(), warmup_factor(steps_this_call, self.warmup_steps)):
+            with scaled_learning_rates(self.recipe.optimizers.values(), self.lr_warmup_share()):
                 losses = self.recipe.step(self.iteration)
-            steps_this_call += 1
             self.elapsed += time.perf_counter() - start
             self.iteration += 1
             for k, v in losses.items():
