@@ -3,7 +3,7 @@
 For each margin, the image is tiled (crop-stitch and feathered blending with feather = margin/2)
 and compared with the untiled output in 8-bit units: the maximum absolute difference and the
 share of pixels that differ by more than 1. The smallest margin whose blend error stays within
-±1 is the effective radius ``srserve.pipeline.tiling.EFFECTIVE_RADIUS`` records.
+±1 is the effective radius ``ArchSpec.effective_radius`` (models/rrdbnet) records.
 
     python bench/receptive_field.py --arch rrdbnet --hparams '{"scale": 4}' --margins 4,8,12,16,24
     python bench/receptive_field.py --model esrgan --scale 4       # a trained repository model

@@ -3,7 +3,7 @@
 * ``SRGraph``: image (N×3×h×w, [0, 1]) [+ degradation N×256 for DASR] -> N×3×sh×sw. It is the
   models' own ``SRNet`` (value range, VDSR's YCbCr + MATLAB bicubic, RRDBNet's pixel-unshuffle
   padding and crop all inside), on a copy in which DASR's per-sample grouped convolution is
-  rewritten batch-size-free (see ``PerSampleDAConv``).
+  rewritten batch-size-free (``ArchSpec.export_rewrite``, models/dasr/export.py).
 * ``EnsembleGraph``: the geometric self-ensemble ×8 inside one graph (unclamped mean).
 * ``DegradationGraph``: DASR's encoder, image -> N×256.
 * ``HalfPrecision``: any of the above computing in fp16 with fp32 inputs and outputs, so every
@@ -18,56 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from srserve.models.adapter import SRNet
-from srserve.models.dasr.arch import DAConv
-
-
-def per_sample_depthwise_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Depth-wise k×k convolution with a different kernel per sample (N×C×k×k), zero padded.
-
-    The shifted-sum form has no batch size in any attribute, unlike a grouped convolution with
-    ``groups = N·C`` whose ``group`` attribute would freeze the batch size into the graph.
-    """
-    k = kernel.shape[-1]
-    pad = (k - 1) // 2
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (pad, pad, pad, pad))
-    out = None
-    for i in range(k):
-        for j in range(k):
-            term = padded[:, :, i:i + h, j:j + w] * kernel[:, :, i, j, None, None]
-            out = term if out is None else out + term
-    return out
-
-
-class PerSampleDAConv(nn.Module):
-    """DASR's ``DAConv`` (same parameters) computed with ``per_sample_depthwise_conv``."""
-
-    def __init__(self, da: DAConv):
-        super().__init__()
-        self.da = da
-
-    def forward(self, x: torch.Tensor, deg: torch.Tensor) -> torch.Tensor:
-        da = self.da
-        b, c = x.shape[:2]
-        kernel = da.kernel(deg).reshape(b, c, da.kernel_size, da.kernel_size)
-        out = da.conv(da.relu(per_sample_depthwise_conv(x, kernel)))
-        return out + da.ca(x, deg)
-
-
-def exportable_copy(srnet: nn.Module) -> nn.Module:
-    """A deep copy of ``srnet`` whose every ``DAConv`` is replaced by ``PerSampleDAConv``."""
-    net = copy.deepcopy(srnet).eval()
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, DAConv):
-                setattr(parent, name, PerSampleDAConv(child))
-    return net
 
 
 class SRGraph(nn.Module):
     def __init__(self, srnet: nn.Module):
         super().__init__()
-        self.net = exportable_copy(srnet)
+        self.net = srnet.spec.export_rewrite(copy.deepcopy(srnet).eval())
         self.scale = int(srnet.scale)
         self.needs_degradation = bool(getattr(srnet, "needs_degradation", False))
 

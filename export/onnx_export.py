@@ -86,7 +86,7 @@ def build_module(model: LoadedModel, job: GraphJob) -> torch.nn.Module:
     else:
         module = SRGraph(srnet)
         if job.kind == "ensemble":
-            module = EnsembleGraph(module, align=tile_alignment(model.architecture, job.scale))
+            module = EnsembleGraph(module, align=tile_alignment(model, job.scale))
     module = module.cpu().float().eval()
     return HalfPrecision(module).eval() if job.precision == "fp16" else module
 

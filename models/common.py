@@ -85,3 +85,17 @@ def count_indexed(state_dict: dict, pattern: str) -> int:
     while pattern.format(n) in state_dict:
         n += 1
     return n
+
+
+def subpixel_upsampler_maps(n_feats: int, scale: int) -> float:
+    """Maps alive in the last sub-pixel stage: its input, the conv output and the shuffled copy."""
+    if scale == 3:
+        return n_feats + 2 * 9 * n_feats
+    stage_in = n_feats * (scale / 2) ** 2
+    return stage_in + 2 * n_feats * scale**2
+
+
+def residual_trunk_activation_maps(n_feats: int, scale: int, trunk_maps: int) -> float:
+    """EDSR-family peak maps per LR pixel: the residual trunk or the last upsampling stage,
+    plus the HR input/output copies."""
+    return max(trunk_maps * n_feats, subpixel_upsampler_maps(n_feats, scale)) + 6 * scale * scale + 3

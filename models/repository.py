@@ -31,6 +31,7 @@ from .adapter import SRNet
 from .errors import SRError
 from .registry import build_network, get_spec, scales_of
 from .resize import BicubicUpsample
+from .spec import ArchSpec, InputConvention
 
 FORMAT = "srserve-model/1"
 BICUBIC = "bicubic"
@@ -184,12 +185,29 @@ class LoadedModel:
         return 2.0 if self.entry is None else self.entry.receptive_radius(scale)
 
     @property
+    def spec(self) -> ArchSpec:
+        return BICUBIC_SPEC if self.entry is None else self.entry.spec
+
+    def hparams(self, scale: int) -> dict:
+        """The hyper-parameters of the network serving ``scale`` (defaults filled in)."""
+        if self.entry is None:
+            return {"scale": int(scale)}
+        return {**self.entry.spec.default_hparams, **self.entry.weights_for(scale).hparams}
+
+    @property
     def needs_degradation(self) -> bool:
-        return self.architecture == "dasr"
+        return self.spec.needs_degradation
 
     @property
     def fp16_safe(self) -> bool:
         return bool(self.entry and self.entry.fp16_safe)
+
+
+BICUBIC_SPEC = ArchSpec(
+    name=BICUBIC, build=BicubicNet, detect=lambda sd: None, receptive_radius=lambda h: 2.0,
+    convention=InputConvention(value_range=1.0), default_hparams={"scale": 4},
+    description="MATLAB-exact bicubic interpolation (baseline)",
+)
 
 
 def bicubic_model(scales=(2, 3, 4, 8)) -> LoadedModel:

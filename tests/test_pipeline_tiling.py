@@ -96,7 +96,7 @@ def test_defaults_follow_the_receptive_radius(repo):
         s = scale_of(name)
         cfg = default_tiling(model, s)
         radius = model.receptive_radius(s)
-        assert cfg.align == tile_alignment(model.architecture, s)
+        assert cfg.align == tile_alignment(model, s)
         assert cfg.exact_margin >= radius and cfg.tile_size % cfg.align == 0
         if cfg.exact_margin <= MAX_EXACT_MARGIN:
             assert (cfg.margin, cfg.feather) == (cfg.exact_margin, 0)  # crop-stitch, exact

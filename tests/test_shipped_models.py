@@ -73,9 +73,9 @@ def test_shipped_model_meets_the_target_gain(name):
     strict=True, reason="MDSR (6000 GPU iterations shared between three scales) is 0.3-0.5 dB below VDSR's paper"))])
 def test_shipped_model_beats_the_vdsr_paper(name):
     """Issue 6's stretch target for edsr and mdsr: VDSR's published Set5 PSNR at x2/x3/x4."""
-    from srserve.train.card import PAPER_PSNR
+    from srserve.models import get_spec
 
     for scale in (2, 3, 4):
-        paper = PAPER_PSNR["vdsr"][("Set5", scale)]
+        paper = get_spec("vdsr").paper.psnr[("Set5", scale)]
         r = set5(name, scale)
         assert r.psnr > paper, f"{name} x{scale}: {r.psnr:.2f} dB <= VDSR paper {paper}"

@@ -7,20 +7,6 @@ from srserve.models.repository import ModelEntry
 
 from .data import expand_path
 
-# Published Y-PSNR (dB) from the papers (../shared/SEEDS.md); None where a paper has no figure.
-PAPER_PSNR = {
-    "bicubic": {("Set5", 2): 33.66, ("Set5", 3): 30.39, ("Set5", 4): 28.42,
-                ("Set14", 2): 30.24, ("Set14", 3): 27.55, ("Set14", 4): 26.00},
-    "vdsr": {("Set5", 2): 37.53, ("Set5", 3): 33.66, ("Set5", 4): 31.35,
-             ("Set14", 2): 33.03, ("Set14", 3): 29.77, ("Set14", 4): 28.01},
-    "edsr": {("Set5", 2): 38.11, ("Set5", 3): 34.65, ("Set5", 4): 32.46,
-             ("Set14", 2): 33.92, ("Set14", 3): 30.52, ("Set14", 4): 28.80},
-    "rrdbnet": {("Set5", 4): 32.73, ("Set14", 4): 28.99},
-    "dasr": {("Set5", 2): 37.87, ("Set5", 3): 34.11, ("Set5", 4): 31.99,
-             ("Set14", 2): 33.34, ("Set14", 3): 30.13, ("Set14", 4): 28.50},
-}
-PAPER_NAME = {"vdsr": "VDSR", "edsr": "EDSR", "mdsr": "EDSR (MDSR has no Set5 table; EDSR shown)",
-              "rrdbnet": "RRDB (ESRGAN, PSNR)", "dasr": "DASR (σ = 0)"}
 BENCHMARKS = ("Set5", "Set14")
 
 
@@ -64,7 +50,8 @@ def describe_stages(stages: list[dict] | None) -> str:
 
 
 def render_card(entry: ModelEntry, rows: list[dict]) -> str:
-    paper = PAPER_PSNR.get("edsr" if entry.architecture == "mdsr" else entry.architecture, {})
+    paper = entry.spec.paper.psnr if entry.spec.paper else {}
+    paper_name = entry.spec.paper.name if entry.spec.paper else "paper"
     lines = [f"# {entry.extra.get('display_name') or entry.name}", "", entry.description, "",
              f"Architecture `{entry.architecture}`; scales {entry.scales}; weights are safetensors in this folder.", ""]
     lines += ["## Training", ""]
@@ -80,7 +67,7 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
               "expect lower PSNR than published.", ""]
     lines += ["## Measured PSNR (Y channel, dB) and SSIM", "",
               "Protocol: MATLAB-bicubic LR, Y of BT.601, `scale` pixels shaved (`srserve eval`).", "",
-              f"| dataset | scale | this model | SSIM | bicubic (measured) | gain | {PAPER_NAME.get(entry.architecture, 'paper')} (published) |",
+              f"| dataset | scale | this model | SSIM | bicubic (measured) | gain | {paper_name} (published) |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
         published = paper.get((r["dataset"], r["scale"]))

@@ -1,7 +1,14 @@
 """MDSR (Lim et al., 2017): shared body, per-scale 5x5 pre-process blocks and upsamplers.
 Keys as in EDSR-PyTorch ``mdsr-*.pt`` / ``mdsr_baseline-*.pt``."""
-from ..spec import ArchSpec, InputConvention
+from ..common import residual_trunk_activation_maps
+from ..edsr import PAPER_PSNR as EDSR_PAPER_PSNR
+from ..spec import ArchSpec, InputConvention, PaperResult, SharedBody
 from .arch import MDSR, detect_mdsr, mdsr_receptive_radius
+
+
+def split_shared_body(net: MDSR) -> SharedBody:
+    return SharedBody(head=net.head_forward, body=net.body_forward, tail=net.tail_forward)
+
 
 SPEC = ArchSpec(
     name="mdsr",
@@ -12,5 +19,10 @@ SPEC = ArchSpec(
     default_hparams={"n_resblocks": 16, "n_feats": 64, "scales": [2, 3, 4]},
     multi_scale=True,
     description="Multi-scale deep SR: one shared body, scale-specific heads chosen per call",
+    activation_maps=lambda h, scale: residual_trunk_activation_maps(h.get("n_feats", 64), scale, 5),
+    shared_body=split_shared_body,
+    paper=PaperResult("EDSR (MDSR has no Set5 table; EDSR shown)", EDSR_PAPER_PSNR),
+    license="MIT (EDSR-PyTorch)",
+    checkpoints="EDSR-PyTorch mdsr_baseline-*.pt, mdsr-*.pt",
 )
 __all__ = ["MDSR", "SPEC"]

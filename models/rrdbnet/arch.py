@@ -8,6 +8,9 @@ from torch import nn
 
 from ..common import count_indexed
 
+# pixel-unshuffle factor of the x2/x1 variants: the trunk runs at LR/u
+UNSHUFFLE = {4: 1, 2: 2, 1: 4}
+
 
 def scale_init_(modules, factor: float = 0.1) -> None:
     """Kaiming init scaled by ``factor`` (ESRGAN's smaller initialisation for deep RRDB stacks)."""
@@ -60,7 +63,7 @@ class RRDBNet(nn.Module):
         if scale not in (1, 2, 4):
             raise ValueError(f"RRDBNet supports scales 1, 2, 4; got {scale}")
         self.scale = scale
-        self.unshuffle = {4: 1, 2: 2, 1: 4}[scale]
+        self.unshuffle = UNSHUFFLE[scale]
         self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -150,5 +153,5 @@ def rrdbnet_receptive_radius(h: dict) -> float:
     """Theoretical radius in LR pixels: conv_first, 15 convs per RRDB and conv_body at the
     (pixel-unshuffled) trunk resolution, then up1 at 2x and up2/hr/last at 4x of it. It is huge;
     the effective radius is far smaller, which is why tiling blends for this architecture."""
-    u = {4: 1, 2: 2, 1: 4}[h["scale"]]
+    u = UNSHUFFLE[h["scale"]]
     return u * (2 + 15 * h["num_block"]) + u * (1 / 2 + 3 / 4)

@@ -1,6 +1,9 @@
 """VDSR (Kim et al., CVPR 2016). Keys as in pytorch-vdsr ``model_epoch_50.pth``."""
-from ..spec import ArchSpec, InputConvention
+from ..spec import ArchSpec, InputConvention, PaperResult
 from .arch import VDSR, detect_vdsr, vdsr_receptive_radius
+
+PAPER_PSNR = {("Set5", 2): 37.53, ("Set5", 3): 33.66, ("Set5", 4): 31.35,
+              ("Set14", 2): 33.03, ("Set14", 3): 29.77, ("Set14", 4): 28.01}
 
 SPEC = ArchSpec(
     name="vdsr",
@@ -11,5 +14,9 @@ SPEC = ArchSpec(
     default_hparams={"num_layers": 20, "n_feats": 64, "scales": [2, 3, 4]},
     multi_scale=True,
     description="Very deep residual network on the bicubic-upscaled Y channel; one model for all scales",
+    activation_maps=lambda h, scale: (3 * h.get("n_feats", 64) + 12) * scale * scale + 3,
+    paper=PaperResult("VDSR", PAPER_PSNR),
+    license="MIT (twtygqyy/pytorch-vdsr)",
+    checkpoints="pytorch-vdsr model_epoch_50.pth (a pickled module, read without running pickled code)",
 )
 __all__ = ["VDSR", "SPEC"]

@@ -37,42 +37,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
-def _hparams(model, scale: int) -> dict:
-    entry = getattr(model, "entry", None)
-    if entry is None:
-        return {}
-    return {**entry.spec.default_hparams, **entry.weights_for(scale).hparams}
-
-
-def _subpixel_upsampler_maps(n_feats: int, scale: int) -> float:
-    """Maps alive in the last sub-pixel stage: its input, the conv output and the shuffled copy."""
-    if scale == 3:
-        return n_feats + 2 * 9 * n_feats
-    stage_in = n_feats * (scale / 2) ** 2
-    return stage_in + 2 * n_feats * scale**2
-
-
-def _maps_per_lr_pixel(architecture: str, h: dict, scale: int) -> float:
-    s2 = scale * scale
-    if architecture in ("edsr", "mdsr", "dasr"):
-        f = h.get("n_feats", 64)
-        trunk = (7 if architecture == "dasr" else 5) * f
-        return max(trunk, _subpixel_upsampler_maps(f, scale)) + 6 * s2 + 3
-    if architecture == "vdsr":
-        return (3 * h.get("n_feats", 64) + 12) * s2 + 3
-    if architecture == "rrdbnet":
-        f, g = h.get("num_feat", 64), h.get("num_grow_ch", 32)
-        u2 = (4 // scale) ** 2
-        trunk = 4 * f + 9 * g
-        hr = 48 * f + 48  # three F-wide maps at 4× the trunk resolution, plus the output
-        return (max(trunk, hr) + 3 * u2) / u2
-    return 4 * s2 + 3  # bicubic and unknown: input, output, temporaries
-
-
 def bytes_per_lr_pixel(model_or_backend, scale: int) -> float:
     """Estimated peak activation bytes per LR pixel of a window (float32, one image)."""
     model = getattr(model_or_backend, "model", model_or_backend)
-    maps = _maps_per_lr_pixel(model.architecture, _hparams(model, scale), scale)
+    maps = model.spec.activation_maps(model.hparams(scale), int(scale))
     return SAFETY * FLOAT_BYTES * maps
 
 

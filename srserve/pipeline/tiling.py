@@ -58,10 +58,8 @@ TILE_QUANTUM = 16
 # MDSR, DASR and VDSR configuration, and reduced RRDBNets. Beyond it (RRDBNet's 23-block trunk:
 # 348 LR px at x4) a margin that large would make every window mostly context.
 MAX_EXACT_MARGIN = 128
-# Measured effective receptive radius used instead, with blending, in pixels of the network's
-# trunk (= LR pixels for RRDBNet x4; x2/x1 unshuffle by u = 2/4, so u times as many LR pixels).
-# See ``bench/receptive_field.py`` and README "Upscaling".
-EFFECTIVE_RADIUS = {"rrdbnet": 24}
+# Beyond it the architecture's measured effective radius (``ArchSpec.effective_radius``) is used
+# instead, with blending. See ``bench/receptive_field.py`` and README "Upscaling".
 
 
 class Box(NamedTuple):
@@ -156,15 +154,14 @@ def floor_to(value: float, multiple: int) -> int:
     return int(value // multiple) * multiple
 
 
-def tile_alignment(architecture: str, scale: int) -> int:
-    """Multiple every tile offset and size must have: RRDBNet ×2/×1 pixel-unshuffle by 2/4."""
-    if architecture == "rrdbnet":
-        return {4: 1, 2: 2, 1: 4}[int(scale)]
-    return 1
-
-
 def _model_of(model_or_backend):
     return getattr(model_or_backend, "model", model_or_backend)
+
+
+def tile_alignment(model_or_backend, scale: int) -> int:
+    """Multiple every tile offset and size must have (``ArchSpec.tile_alignment``)."""
+    model = _model_of(model_or_backend)
+    return int(model.spec.tile_alignment(model.hparams(scale), int(scale)))
 
 
 def default_tiling(model_or_backend, scale: int, *, exact: bool = False) -> TilingConfig:
@@ -175,13 +172,13 @@ def default_tiling(model_or_backend, scale: int, *, exact: bool = False) -> Tili
     feather of half the margin. ``exact=True`` always uses the theoretical radius and crop-stitch.
     """
     model = _model_of(model_or_backend)
-    align = tile_alignment(model.architecture, scale)
+    align = tile_alignment(model, scale)
     radius = float(model.receptive_radius(scale))
     exact_margin = ceil_to(radius, align)
     margin, feather = exact_margin, 0
-    effective = EFFECTIVE_RADIUS.get(model.architecture)
+    effective = model.spec.effective_radius(model.hparams(scale), int(scale))
     if not exact and effective is not None and exact_margin > MAX_EXACT_MARGIN:
-        effective_margin = ceil_to(effective * align, align)
+        effective_margin = ceil_to(effective, align)
         if effective_margin < exact_margin:
             margin, feather = effective_margin, effective_margin // 2
     tile = min(MAX_DEFAULT_TILE, max(MIN_DEFAULT_TILE, ceil_to(8 * margin, TILE_QUANTUM)))
