@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from srserve.export.backends import create_backend
+from srserve.backends import create_backend
+from srserve.export import ExportBuilder
 from srserve.models.registry import build_network
 from srserve.models.repository import Repository
 
@@ -45,7 +46,7 @@ def variants(device: str) -> list[tuple[str, str, dict]]:
     gpu = common + [("torch fp16", "torch", {"precision": "fp16"}),
                  ("torch compiled fp16", "torch", {"precision": "fp16", "compile": True}),
                  ("onnxruntime fp16", "onnxruntime", {"precision": "fp16"})]
-    from srserve.export.tensorrt import tensorrt_available
+    from srserve.backends.cuda import tensorrt_available
 
     if tensorrt_available():
         gpu += [("tensorrt fp32", "tensorrt", {}), ("tensorrt fp16", "tensorrt", {"precision": "fp16"})]
@@ -69,7 +70,7 @@ def bench_model(repo: Repository, name: str, scale: int, tiles: list[int], batch
     for label, kind, options in variants(device):
         tile_opt = {"tile": max(tiles)} if kind == "tensorrt" else {}
         backends[label] = create_backend(name, kind, repository=repo.root, device=device, cache_dir=cache,
-                                         threads=threads, force_precision=True, max_batch=batch,
+                                         threads=threads, force_precision=True, max_batch=batch, builder=ExportBuilder(),
                                          **{**options, **tile_opt})
     for tile in tiles:
         x = torch.rand(batch, 3, tile, tile, device=device)

@@ -20,7 +20,7 @@ import torch
 
 from backends import time_call  # bench/backends.py: synchronised wall time of one call
 from srserve.evaluate import discover, evaluate, load_pair, to_tensor, to_uint8
-from srserve.export.backends import create_backend
+from srserve.backends import create_backend
 from srserve.models.repository import Repository
 from srserve.pipeline import upscale_tensor
 

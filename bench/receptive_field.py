@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srserve.backend import TorchBackend  # noqa: E402
+from srserve.backends import TorchBackend  # noqa: E402
 from srserve.models.adapter import SRNet  # noqa: E402
 from srserve.models.registry import build_network, get_spec  # noqa: E402
 from srserve.models.repository import LoadedModel, ModelEntry, Repository, WeightsFile  # noqa: E402

@@ -35,13 +35,13 @@ def worker(args) -> None:
     import torch
 
     from bench.receptive_field import random_model
-    from srserve.backend import TorchBackend
-    from srserve.pipeline import resolve_tiling, upscale_tensor
+    from srserve.backends import TorchBackend
+    from srserve.pipeline import TilingRequest, plan_for, upscale_tensor
 
     torch.set_num_threads(args.threads)
     backend = TorchBackend(random_model(args.arch, json.loads(args.hparams), 0))
     x = torch.rand(1, 3, args.size, args.size)
-    plan = resolve_tiling(backend, x, args.scale, tile=args.tile, margin=None, feather=None, exact=False)
+    plan = plan_for(backend, args.size, args.size, args.scale, TilingRequest(tile=args.tile))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
     y = upscale_tensor(backend, x, args.scale, tile=args.tile)
@@ -56,13 +56,12 @@ def estimate_bytes(args, size: int, tile: int) -> tuple[int, list[int]]:
     import torch
 
     from bench.receptive_field import random_model
-    from srserve.backend import TorchBackend
-    from srserve.pipeline import resolve_tiling
+    from srserve.backends import TorchBackend
+    from srserve.pipeline import TilingRequest, plan_for
     from srserve.pipeline.memory import bytes_per_lr_pixel
 
     backend = TorchBackend(random_model(args.arch, json.loads(args.hparams), 0))
-    plan = resolve_tiling(backend, torch.empty(1, 3, size, size), args.scale, tile=tile, margin=None, feather=None,
-                          exact=False)
+    plan = plan_for(backend, size, size, args.scale, TilingRequest(tile=tile))
     th, tw = plan.tile_shape
     io_bytes = 4 * 3 * size * size * (1 + args.scale**2)
     return int(bytes_per_lr_pixel(backend, args.scale) * th * tw + io_bytes), [th, tw]

@@ -33,7 +33,7 @@ import torch
 from srserve.models.repository import LoadedModel, sha256_file
 from srserve.pipeline.tiling import tile_alignment
 
-from .artifacts import Artifact, ExportError, ExportIndex, artifact_file, weights_identity
+from srserve.backends.artifacts import Artifact, ExportError, ExportIndex, artifact_file, weights_identity
 from .graphs import DegradationGraph, EnsembleGraph, HalfPrecision, SRGraph
 
 DEFAULT_OPSET = 17
@@ -179,7 +179,7 @@ def reference(model: LoadedModel, job: GraphJob) -> Callable[[tuple], torch.Tens
 
     @torch.inference_mode()
     def ensemble(inputs: tuple) -> torch.Tensor:
-        from srserve.backend import TorchBackend
+        from srserve.backends import TorchBackend
         from srserve.pipeline import upscale_tensor
 
         backend = TorchBackend(model, device)

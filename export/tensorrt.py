@@ -33,14 +33,16 @@ from typing import Callable
 
 import torch
 
-from .artifacts import ExportError
+from srserve.backends.artifacts import ExportError
+from srserve.backends.base import BackendError
+from srserve.models.repository import LoadedModel
+from srserve.backends.cuda import DEFAULT_MAX_BATCH, TENSORRT_MIN_MAJOR, device_index, gpu_slug, tile_window
 
 log = logging.getLogger("srserve.export")
 
 ENGINE_FORMAT = "srserve-engine/1"
 ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_WORKSPACE = 4 << 30
-DEFAULT_MAX_BATCH = 8
 TENSOR_ALIGNMENT = 256  # IExecutionContext::setTensorAddress: "at least 256-byte alignment"
 
 
@@ -53,18 +55,9 @@ def import_tensorrt():
         import tensorrt
     except ImportError:
         raise EngineError("tensorrt is not installed (TensorRT 10 comes with the GPU image, see docker/requirements-gpu.txt)") from None
-    major = int(tensorrt.__version__.split(".")[0])
-    if major < 10:
+    if int(tensorrt.__version__.split(".")[0]) < TENSORRT_MIN_MAJOR:
         raise EngineError(f"TensorRT {tensorrt.__version__} is too old; srserve uses the TensorRT 10 API")
     return tensorrt
-
-
-def tensorrt_available() -> bool:
-    try:
-        import_tensorrt()
-    except EngineError:
-        return False
-    return torch.cuda.is_available()
 
 
 # --- what an engine is keyed by (pure) ---------------------------------------------------------
@@ -130,34 +123,11 @@ def profile_for_window(inputs: list[dict], *, window: int | None, max_batch: int
     return EngineProfile(tuple(shapes))
 
 
-def tile_window(model, scale: int, tile: int | None = None) -> int:
-    """The largest window the pipeline feeds for ``model`` at ``scale`` with core ``tile`` (the
-    model's default tile when None): ``tile + 2·margin``, rounded to the tile alignment."""
-    from srserve.pipeline.tiling import default_tiling, plan_tiles
-
-    cfg = default_tiling(model, scale)
-    core = cfg.tile_size if tile is None else int(tile)
-    big = 4 * (core + 2 * cfg.margin)
-    plan = plan_tiles(big, big, scale, core, cfg.margin, feather=cfg.feather, align=cfg.align)
-    return int(plan.tile_shape[0])
-
-
-def device_index(device: torch.device | str) -> int:
-    """The CUDA ordinal of ``device`` (``cuda`` alone means torch's current device, not 0)."""
-    device = torch.device(device)
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
 def current_environment(device: torch.device | str = "cuda") -> EngineEnvironment:
     trt = import_tensorrt()
     index = device_index(device)
     return EngineEnvironment(torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)),
                              trt.__version__)
-
-
-def gpu_slug(name: str) -> str:
-    """A GPU name usable in a file name."""
-    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 # --- the cache -----------------------------------------------------------------------------------
@@ -494,3 +464,56 @@ class TensorRTRunner:
         if not self.context.set_tensor_address(name, out.data_ptr()):
             raise EngineError(f"TensorRT refuses the address of {name}")
         return out
+
+
+# --- what a TensorRT backend loads: a cached engine, built and parity-checked when missing -----
+
+def engine_label(model: LoadedModel, scale: int, precision: str) -> str:
+    return f"{model.name}-x{scale}-{precision}"
+
+
+def load_engine(model: LoadedModel, scale: int, precision: str, *, onnx_path: Path, onnx_sha256: str,
+                inputs: list[dict], cache: EngineCache, device: torch.device, tile: int | None = None,
+                max_batch: int = DEFAULT_MAX_BATCH, tf32: bool = True) -> tuple[TensorRTRunner, EngineProfile, dict]:
+    """The cached engine for this graph/precision/profile on this GPU, built (and checked) if needed."""
+    env = current_environment(device)
+    profile = profile_for_window(inputs, window=tile_window(model, scale, tile), max_batch=max_batch)
+    key = engine_cache_key(env, onnx_sha256, precision, profile, tf32=tf32)
+    record = EngineRecord(key=key, label=engine_label(model, scale, precision), onnx_sha256=onnx_sha256,
+                          precision=precision, tf32=tf32, profile=profile.to_json(),
+                          environment={"gpu": env.gpu_name, "cc": list(env.compute_capability),
+                                       "tensorrt": env.tensorrt_version})
+
+    def load(plan: bytes):
+        return deserialize_engine(plan, device)
+
+    def build():
+        log.warning("building TensorRT engine %s (%s); this takes minutes once, then it is cached in %s",
+                    record.label, key[:12], cache.root)
+        plan = build_engine(onnx_path, precision, profile, tf32=tf32,
+                            timing_cache=cache.timing_cache_path(env, tf32=tf32), device=device)
+        loaded = load(plan)
+        if loaded is None:
+            raise BackendError(f"TensorRT built {record.label} but cannot load it")
+        runner = TensorRTRunner(loaded, device)
+        from .onnx_export import GraphJob, check_parity_with
+
+        parity = check_parity_with(model, GraphJob("sr", scale, "fp32" if precision == "fp32" else "fp16"),
+                                   lambda feeds: runner(feeds)[0].float().cpu(), profile_side(profile),
+                                   batch=min(3, max_batch))
+        if not parity["passed"]:
+            raise BackendError(f"TensorRT engine {record.label} failed its parity check: {parity}")
+        return plan, parity
+
+    loaded, built = cache.get_or_build(record.label, record, build, load)
+    info = {"engine": str(cache.plan_path(record.label, key)), "built_now": built, "key": key,
+            "profile": profile.to_json()}
+    return TensorRTRunner(loaded, device), profile, info
+
+
+def profile_side(profile: EngineProfile) -> int:
+    """The largest square side of the image input's profile (used for the parity inputs)."""
+    for name, r in profile.shapes:
+        if name == "image":
+            return min(r.max[2], r.max[3])
+    raise BackendError("profile has no image input")

@@ -19,9 +19,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .artifacts import Artifact
+from srserve.backends.cuda import DEFAULT_MAX_BATCH
+from srserve.backends.artifacts import Artifact
 
-DEFAULT_MAX_BATCH = 8
 DEFAULT_QUEUE_DELAY_US = 2000
 
 

@@ -12,9 +12,9 @@ Tiles of any request with the same key stack into one backend call.
   per lane in turn, so a 500-tile image and a 1-tile image share every batch.
 * **Cancellation**: a cancelled or expired request's lanes are removed; tiles already in a
   running batch are computed and dropped.
-* **Scatter**: outputs go to a single collector thread, which undoes the ensemble transforms,
-  averages the 8 copies in the pipeline's order (``ensemble.run_ensemble``) and stitches
-  (``tiling.Stitcher``), while the inference thread already runs the next batch. The result of
+* **Scatter**: outputs go to a single collector thread, which hands them to their job
+  (``pipeline.job``: un-transform, ensemble mean, stitch — the code the CLI runs), while the
+  inference thread already runs the next batch. The result of
   a request is therefore the same whatever it was batched with, up to float rounding of
   different batch sizes.
 * **One-off calls** (DASR's per-image degradation vector, warm-up) run on the same thread,
@@ -34,10 +34,8 @@ from typing import Callable, NamedTuple, Protocol
 
 import torch
 
-from srserve.pipeline import OutOfMemory
-from srserve.pipeline.ensemble import Transform, apply_transform, invert_transform
+from srserve.pipeline import ImageJob, OutOfMemory, WorkItem
 from srserve.pipeline.memory import is_out_of_memory
-from srserve.pipeline.tiling import Stitcher, Tile, TilePlan, extract_tile
 
 from .metrics import Metrics
 
@@ -80,61 +78,42 @@ class Ticket:
 
 
 class ImageWork:
-    """One image (colour, or alpha) of a request through one model at one scale.
+    """One request's ``ImageJob`` through one served model, as the scheduler runs it.
 
-    Tiles are extracted when their batch forms; outputs are stitched by the collector thread
-    (the only thread touching ``stitcher``/``slots``); the asyncio future gets the result.
+    Windows are cut out when their batch forms; outputs go back through ``ImageJob.add`` on the
+    collector thread (the only thread touching the job's planes); the asyncio future gets the
+    finished job (its ``compose`` runs on the I/O pool). ``on_progress`` (collector thread) is
+    told after every tile output: the jobs API reports it.
     """
 
-    def __init__(self, ticket: Ticket, model: Runner, x: torch.Tensor, plan: TilePlan,
-                 degradation: torch.Tensor | None, transforms: list[Transform], loop: asyncio.AbstractEventLoop):
+    def __init__(self, ticket: Ticket, model: Runner, job: ImageJob, loop: asyncio.AbstractEventLoop,
+                 on_progress: Callable[[ImageJob], None] | None = None):
         self.ticket = ticket
         self.model = model
-        self.x = x
-        self.plan = plan
-        self.scale = plan.scale
-        self.degradation = degradation
-        self.transforms = transforms
-        self.stitcher: Stitcher | None = None  # allocated by the collector: a large zero-fill off the event loop
-        self.slots: dict[int, list[torch.Tensor | None]] = {}
-        self.remaining = len(plan.tiles) * len(transforms)
+        self.job = job
         self.loop = loop
+        self.on_progress = on_progress
         self.future: asyncio.Future = loop.create_future()
 
     @property
     def tile_jobs(self) -> int:
-        return len(self.plan.tiles) * len(self.transforms)
+        return self.job.tiles_total
 
-    def window(self, tile: Tile, transform: int) -> torch.Tensor:
-        return apply_transform(extract_tile(self.x, tile.window), self.transforms[transform])
-
-    def add(self, tile: Tile, transform: int, out: torch.Tensor) -> None:
+    def add(self, item: WorkItem, out: torch.Tensor) -> None:
         """One tile output (collector thread); completes the future after the last one."""
         if self.future_done:
             return
-        out = invert_transform(out, self.transforms[transform])
-        if self.stitcher is None:
-            self.stitcher = Stitcher(self.plan, channels=self.x.shape[1])
-        if len(self.transforms) == 1:
-            self.stitcher.add(tile, out)
-        else:
-            slots = self.slots.setdefault(tile.index, [None] * len(self.transforms))
-            slots[transform] = out
-            if all(s is not None for s in slots):
-                acc = slots[0]
-                for s in slots[1:]:  # the order of ensemble.run_ensemble: same sum, same rounding
-                    acc = acc + s
-                self.stitcher.add(tile, acc / len(slots))
-                del self.slots[tile.index]
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.resolve(self.stitcher.result().clamp_(0, 1))
+        self.job.add(item, out)
+        if self.on_progress is not None:
+            self.on_progress(self.job)
+        if self.job.done:
+            self.resolve(self.job)
 
     @property
     def future_done(self) -> bool:
         return self.future.done()
 
-    def resolve(self, result: torch.Tensor) -> None:
+    def resolve(self, result) -> None:
         self._call_in_loop(_set_result, result)
 
     def fail(self, exc: BaseException) -> None:
@@ -160,9 +139,12 @@ def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
 @dataclass(eq=False)
 class TileJob:
     work: ImageWork
-    tile: Tile
-    transform: int
+    item: WorkItem
     enqueued: float
+
+    @property
+    def scale(self) -> int:
+        return self.item.plane.scale
 
 
 class TileQueue:
@@ -261,12 +243,9 @@ class Scheduler:
         """Queues every tile (and ensemble copy) of ``work``."""
         now = time.monotonic()
         by_key: dict[BatchKey, list[TileJob]] = {}
-        scale = work.model.queue_scale(work.scale)
-        for tile in work.plan.tiles:
-            for t, transform in enumerate(work.transforms):
-                shape = work.plan.tile_shape[::-1] if transform[0] else work.plan.tile_shape
-                key = BatchKey(work.model.name, scale, tuple(shape), work.model.precision)
-                by_key.setdefault(key, []).append(TileJob(work, tile, t, now))
+        for item in work.job.items():
+            key = BatchKey(work.model.name, work.model.queue_scale(item.plane.scale), item.shape, work.model.precision)
+            by_key.setdefault(key, []).append(TileJob(work, item, now))
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the scheduler is stopped")
@@ -277,7 +256,7 @@ class Scheduler:
                 queue.push(work.ticket, jobs)
                 self._queued += len(jobs)
             self._cond.notify()
-        self.metrics.queue_depth.labels(work.model.name, str(work.scale)).inc(work.tile_jobs)
+        self.metrics.queue_depth.labels(work.model.name, str(work.job.scale)).inc(work.tile_jobs)
 
     def cancel(self, ticket: Ticket) -> int:
         """Drops the queued tiles of a request; returns how many."""
@@ -353,7 +332,7 @@ class Scheduler:
     def _count_dequeued(self, jobs: list[TileJob]) -> None:
         counts: dict[tuple[str, int], int] = {}
         for job in jobs:
-            key = (job.work.model.name, job.work.scale)
+            key = (job.work.model.name, job.scale)
             counts[key] = counts.get(key, 0) + 1
         for (name, scale), n in counts.items():
             self.metrics.queue_depth.labels(name, str(scale)).dec(n)
@@ -368,10 +347,10 @@ class Scheduler:
 
     def _run_batch(self, queue: TileQueue, jobs: list[TileJob], started: float) -> None:
         model = queue.model
-        scales = [job.work.scale for job in jobs]
+        scales = [job.scale for job in jobs]
         scale_label = str(scales[0]) if len(set(scales)) == 1 else "mixed"
         for job in jobs:
-            self.metrics.queue_wait.labels(model.name, str(job.work.scale), model.backend_name).observe(
+            self.metrics.queue_wait.labels(model.name, str(job.scale), model.backend_name).observe(
                 started - job.enqueued)
         try:
             outputs = self._run_splitting(model, jobs)
@@ -399,18 +378,18 @@ class Scheduler:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(jobs) == 1:
-                raise OutOfMemory(f"out of memory running one {'×'.join(map(str, jobs[0].work.plan.tile_shape))} "
+                raise OutOfMemory(f"out of memory running one {'×'.join(map(str, jobs[0].item.shape))} "
                                   f"tile of {model.name}; lower tile_size or max_batch_tiles") from None
             half = len(jobs) // 2
             log.warning("out of memory with %d tiles of %s; splitting the batch", len(jobs), model.name)
             return self._run_splitting(model, jobs[:half]) + self._run_splitting(model, jobs[half:])
 
     def _run_tiles(self, model: Runner, jobs: list[TileJob]) -> list[torch.Tensor]:
-        windows = torch.stack([job.work.window(job.tile, job.transform) for job in jobs])
+        windows = torch.stack([job.item.window() for job in jobs])
         degradation = None
-        if jobs[0].work.degradation is not None:
-            degradation = torch.cat([job.work.degradation for job in jobs])
-        return model.run_tiles(windows, [job.work.scale for job in jobs], degradation)
+        if jobs[0].item.plane.degradation is not None:
+            degradation = torch.cat([job.item.plane.degradation for job in jobs])
+        return model.run_tiles(windows, [job.scale for job in jobs], degradation)
 
     def _scatter(self, jobs: list[TileJob], outputs: list[torch.Tensor]) -> None:
         """Collector thread: each output to its image."""
@@ -419,7 +398,7 @@ class Scheduler:
             if work.ticket.cancelled or work.future_done:
                 continue
             try:
-                work.add(job.tile, job.transform, out)
+                work.add(job.item, out)
             except Exception as exc:  # noqa: BLE001 - a stitching bug fails one request, not the thread
                 log.exception("stitching a tile of %s failed", work.model.name)
                 work.fail(exc)

@@ -7,6 +7,7 @@ with its traceback, never shown to the client.
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from srserve.models.errors import SRError
 from srserve.models.repository import RepositoryError
@@ -93,3 +94,15 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
 
 def service_error_response(err: ServiceError) -> JSONResponse:
     return error_response(err.status, err.code, err.detail, dict(err.headers) or None)
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+ERROR_RESPONSES = {status: {"model": ErrorBody, "description": text} for status, text in {
+    400: "undecodable or corrupt image", 401: "API key missing or wrong", 404: "unknown model",
+    413: "body or pixel count over the limits", 415: "not an image media type",
+    422: "invalid parameter (e.g. a scale the model lacks)",
+    503: "queue full, draining, or still starting (Retry-After)", 504: "request deadline passed"}.items()}

@@ -193,36 +193,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x[0].mul(255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalError("--device cuda was requested but no CUDA GPU is available")
-    return device
-
-
-def create_backend(model_name: str, repository: str | Path | None = None, device: str | None = None,
-                   backend: str = "torch", scales: list[int] | None = None):
-    """The one place evaluation turns a model name into a Backend.
-
-    ``torch`` is ``srserve.backend.TorchBackend``; other backends (onnxruntime, tensorrt) come from
-    ``srserve.export.backends.create_backend(loaded_model, backend, device=device)`` when that
-    module exists.
-    """
-    from srserve.backend import TorchBackend
-    from srserve.models.repository import Repository
-
-    device = resolve_device(device)
-    loaded = Repository(repository).load(model_name, device, scales)
-    if backend == "torch":
-        return TorchBackend(loaded, device)
-    try:
-        from srserve.export.backends import create_backend as create_export_backend
-    except ImportError:
-        raise EvalError(f"backend {backend!r} is not available in this installation (only 'torch')") from None
-    return create_export_backend(loaded, backend, device=device)
-
-
 def check_scale(backend, scale: int) -> None:
     model = backend.model
     if scale not in model.scales:

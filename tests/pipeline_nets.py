@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from srserve.backend import TorchBackend
+from srserve.backends import TorchBackend
 from srserve.models.registry import build_network
 from srserve.models.repository import Repository
 

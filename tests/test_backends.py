@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from export_nets import TINY, exported_repository, make_net, tiny_repository
-from srserve.backend import BackendError, PrecisionGuard, TorchBackend, resolve_precision
-from srserve.export.backends import create_backend
-from srserve.export.backends.onnxruntime_backend import OnnxRuntimeBackend
+from srserve.backends import BackendError, PrecisionGuard, TorchBackend, create_backend, resolve_precision
+from srserve.backends.onnxruntime_backend import OnnxRuntimeBackend
+from srserve.export import ExportBuilder
 from srserve.pipeline import upscale_tensor
+
+EXPORT = ExportBuilder()
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def test_auto_takes_onnxruntime_when_graphs_exist_else_torch(repo, tmp_path):
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_onnxruntime_equals_torch_through_the_tiled_pipeline(repo, tmp_path, name):
-    ort_backend = create_backend(name, "onnxruntime", repository=repo.root, cache_dir=tmp_path, export_missing=False)
+    ort_backend = create_backend(name, "onnxruntime", repository=repo.root, cache_dir=tmp_path)
     torch_backend = create_backend(name, "torch", repository=repo.root)
     x = torch.rand(1, 3, 30, 22, generator=torch.Generator().manual_seed(1))
     for scale in ort_backend.model.scales:
@@ -41,7 +43,7 @@ def test_onnxruntime_equals_torch_through_the_tiled_pipeline(repo, tmp_path, nam
 
 
 def test_dasr_degradation_runs_in_its_own_graph(repo, tmp_path):
-    backend = create_backend("dasr", "onnxruntime", repository=repo.root, cache_dir=tmp_path, export_missing=False)
+    backend = create_backend("dasr", "onnxruntime", repository=repo.root, cache_dir=tmp_path)
     assert "degradation x2 fp32" in backend.describe()["graphs"]
     x = torch.rand(2, 3, 24, 19)
     with torch.inference_mode():
@@ -52,7 +54,7 @@ def test_dasr_degradation_runs_in_its_own_graph(repo, tmp_path):
 
 def test_missing_graph_is_exported_once_into_the_cache(tmp_path, monkeypatch):
     repo = tiny_repository(tmp_path / "repo", names=("edsr",))
-    backend = create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache")
+    backend = create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache", builder=EXPORT)
     cached = tmp_path / "cache" / "onnx" / "edsr" / "onnx" / "x2.fp32.onnx"
     assert cached.is_file() and backend.describe()["graphs"]["sr x2 fp32"] == str(cached)
     assert not (repo.root / "edsr" / "exports.json").exists()  # the repository is left alone
@@ -60,23 +62,23 @@ def test_missing_graph_is_exported_once_into_the_cache(tmp_path, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr("srserve.export.backends.sources.export_artifact", no_export)
-    create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(EXPORT, "onnx_graph", no_export)
+    create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache", builder=EXPORT)
     assert create_backend("edsr", repository=repo.root, cache_dir=tmp_path / "cache").name == "onnxruntime"
 
 
-def test_without_export_missing_a_missing_graph_is_a_clear_error(tmp_path):
+def test_without_a_builder_a_missing_graph_is_a_clear_error(tmp_path):
     repo = tiny_repository(tmp_path, names=("edsr",))
     with pytest.raises(BackendError, match="srserve export --model edsr --scales 2"):
-        create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "c", export_missing=False)
+        create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "c")
 
 
 def test_graph_of_old_weights_is_never_run(tmp_path):
     repo = tiny_repository(tmp_path / "repo", names=("edsr",))
-    create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache")
+    create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache", builder=EXPORT)
     arch, hparams = TINY["edsr"][0]
     repo.add_weights("edsr", arch, hparams, make_net(arch, hparams, seed=7).state_dict())  # retrained
-    backend = create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache")
+    backend = create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache", builder=EXPORT)
     x = torch.rand(1, 3, 16, 16)
     with torch.inference_mode():
         want = backend.model.net(2)(x)
@@ -84,7 +86,7 @@ def test_graph_of_old_weights_is_never_run(tmp_path):
 
 
 def test_injected_nan_falls_back_to_fp32_onnxruntime(repo, tmp_path, monkeypatch):
-    backend = create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path, precision="fp16",
+    backend = create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path, precision="fp16", builder=EXPORT,
                              force_precision=True)
     assert backend.precision == "fp16" and "sr x2 fp16" in backend.describe()["graphs"]
     x = torch.rand(2, 3, 16, 16)
@@ -161,7 +163,7 @@ def test_bad_requests_are_one_line_errors(repo, tmp_path):
 
 def test_in_graph_self_ensemble_matches_the_pipeline(tmp_path):
     repo = tiny_repository(tmp_path / "repo", names=("edsr",))
-    backend = create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache",
+    backend = create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache", builder=EXPORT,
                              self_ensemble=True)
     assert backend.describe()["graph_self_ensemble"]
     x = torch.rand(1, 3, 14, 11)
@@ -179,7 +181,7 @@ def test_torch_cuda_fp16_channels_last_and_onnxruntime_gpu(repo, tmp_path):
     reference = upscale_tensor(create_backend("edsr", "torch", repository=repo.root), x, 2, tile=16, batch_size=4)
     got = upscale_tensor(torch_backend, x, 2, tile=16, batch_size=4)
     assert int(((got - reference).abs() * 255).round().max()) <= 8
-    from srserve.export.backends.onnxruntime_backend import has_gpu_provider
+    from srserve.backends.onnxruntime_backend import has_gpu_provider
 
     if has_gpu_provider():
         ort_gpu = create_backend("edsr", "onnxruntime", repository=repo.root, device="cuda", cache_dir=tmp_path)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srserve.evaluate import DatasetError, EvalError, EvalResult, create_backend, discover, evaluate
+from srserve.backends import create_backend
+from srserve.evaluate import DatasetError, EvalError, EvalResult, discover, evaluate
 from srserve.metrics import psnr_y, ssim_y
 from srserve.models.imresize import imresize_uint8
 
@@ -35,7 +36,7 @@ SSIM_TOLERANCE = 0.002
 
 @pytest.fixture(scope="module")
 def bicubic():
-    return create_backend("bicubic", device="cpu")
+    return create_backend("bicubic", "torch", device="cpu")
 
 
 @needs_benchmark
@@ -168,14 +169,14 @@ def test_repository_model_with_self_ensemble(tmp_path, hr_dataset):
 
     hparams = {"n_resblocks": 1, "n_feats": 8, "res_scale": 1.0, "scale": 2}
     Repository(tmp_path / "repo").add_weights("tiny", "edsr", hparams, build_network("edsr", hparams).state_dict())
-    backend = create_backend("tiny", tmp_path / "repo", device="cpu")
+    backend = create_backend("tiny", "torch", repository=tmp_path / "repo", device="cpu")
     plain = evaluate(backend, hr_dataset, 2, progress=False)
     ensemble = evaluate(backend, hr_dataset, 2, self_ensemble=True, progress=False)
     assert plain.model == "tiny" and ensemble.self_ensemble and not plain.self_ensemble
     assert ensemble.bicubic_psnr == plain.bicubic_psnr
     assert ensemble.psnr != plain.psnr  # an untrained net is not flip/transpose equivariant
     with pytest.raises(EvalError, match=r"serves scales \[2\], not x3"):
-        evaluate(create_backend("tiny", tmp_path / "repo", device="cpu", scales=[3]), hr_dataset, 3, progress=False)
+        evaluate(create_backend("tiny", "torch", repository=tmp_path / "repo", device="cpu", scales=[3]), hr_dataset, 3, progress=False)
 
 
 def test_json_never_holds_non_finite_numbers():

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from export_nets import HEADS, TINY, exported_repository, make_net, tiny_repository
-from srserve.backend import TorchBackend
+from srserve.backends import TorchBackend
 from srserve.cli import main
-from srserve.export.artifacts import ExportError, ExportIndex, weights_identity
+from srserve.backends.artifacts import ExportError, ExportIndex, weights_identity
 from srserve.export.onnx_export import (FP16_MAX_LEVELS, GraphJob, export_artifact, export_model, levels, plan_jobs)
 from srserve.pipeline import upscale_tensor
 

@@ -16,7 +16,8 @@ import srserve.export.tensorrt as trt_module
 from export_nets import exported_repository, tiny_repository
 from srserve.export.tensorrt import (EngineCache, EngineEnvironment, EngineError, EngineProfile, EngineRecord,
                                      ShapeRange, TensorRTRunner, build_engine, current_environment,
-                                     deserialize_engine, engine_cache_key, profile_for_window, tile_window)
+                                     deserialize_engine, engine_cache_key, profile_for_window)
+from srserve.backends.cuda import tile_window
 from srserve.pipeline.tiling import default_tiling
 
 ENV = EngineEnvironment("NVIDIA H100 80GB HBM3", (9, 0), "10.13.0.35")
@@ -484,7 +485,7 @@ def test_environment_key_follows_gpu_and_tensorrt_version(tmp_path, fake_trt, mo
 def test_ort_tensorrt_ep_engines_are_per_graph_and_gpu(tmp_path):
     """ONNX Runtime's TensorRT EP names engines after the graph's file name and structure only;
     srserve gives each graph sha256 (and GPU model) its own engine folder."""
-    from srserve.export.backends.onnxruntime_backend import tensorrt_ep_options
+    from srserve.backends.onnxruntime_backend import tensorrt_ep_options
 
     profile = {"trt_profile_min_shapes": "image:1x3x8x8", "trt_profile_opt_shapes": "image:8x3x64x64",
                "trt_profile_max_shapes": "image:8x3x64x64"}
@@ -508,12 +509,14 @@ needs_tensorrt = pytest.mark.skipif(
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_engine_builds_caches_and_matches_pytorch(tmp_path, precision):
-    from srserve.export.backends import create_backend
+    from srserve.backends import create_backend
+    from srserve.export import ExportBuilder
     from srserve.pipeline import upscale_tensor
 
     repo = exported_repository()
     backend = create_backend("edsr", "tensorrt", repository=repo.root, device="cuda", precision=precision,
-                             cache_dir=tmp_path, tile=32, force_precision=True)
+                             cache_dir=tmp_path, tile=32, force_precision=True,
+                             builder=ExportBuilder())
     info = backend.describe()["engines"]["2"]
     assert info["built_now"]
     x = torch.rand(1, 3, 70, 50)
@@ -523,5 +526,6 @@ def test_tensorrt_engine_builds_caches_and_matches_pytorch(tmp_path, precision):
     limit = 1 if precision == "fp32" else 8
     assert int(((got - want).abs() * 255).round().max()) <= limit
     again = create_backend("edsr", "tensorrt", repository=repo.root, device="cuda", precision=precision,
-                           cache_dir=tmp_path, tile=32, force_precision=True)
+                           cache_dir=tmp_path, tile=32, force_precision=True,
+                             builder=ExportBuilder())
     assert not again.describe()["engines"]["2"]["built_now"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from export_nets import exported_repository
-from srserve.export.artifacts import Artifact, ExportIndex
+from srserve.backends.artifacts import Artifact, ExportIndex
 from srserve.export.triton import config_pbtxt, triton_name, write_triton_repository
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pipeline_nets import DATASETS, backend_of, lr_image, one_thread, tiny_repository  # noqa: F401
-from srserve.backend import TorchBackend
+from srserve.backends import TorchBackend
 from srserve.models.imresize import imresize
 from srserve.models.registry import build_network
 from srserve.models.repository import Repository

@@ -13,7 +13,7 @@ from PIL import Image
 
 from service_fixtures import (MODELS, TILE, decode, encode, image_array, image_bytes, make_repository, max_diff,
                               metric, metric_sum, mixed_requests, running_app, service_settings)
-from srserve.backend import TorchBackend
+from srserve.backends import TorchBackend
 from srserve.models.repository import Repository
 from srserve.pipeline.image import OutputSize, upscale_raster
 from srserve.pipeline.imageio import read_image
@@ -317,7 +317,7 @@ def test_internal_error_is_500_json(repo, monkeypatch):
 
 def test_client_disconnect_drops_queued_tiles(repo):
     """A request whose client goes away is cancelled and its queued tiles leave the queues."""
-    from srserve.service.app import watch_disconnect
+    from srserve.service.bodies import watch_disconnect
     from srserve.service.errors import Cancelled
 
     class GoneClient:
@@ -329,13 +329,12 @@ def test_client_disconnect_drops_queued_tiles(repo):
         async with running_app(service_settings(repo, models=["rrdb2"], max_batch_tiles=1)) as (app, _):
             service = app.state.service
             engine = service.engine
-            model = engine.models["rrdb2"]
-            decoded = await engine.decode(image_bytes(64, 64))
-            size = engine.output_size(model, decoded, 2, None)
             from srserve.service.batching import Ticket
+            from srserve.service.engine import UpscaleRequest
 
             ticket = Ticket(deadline=1e18)
-            work = engine.upscale(ticket, model, decoded, size, True, "png", None)
+            request = UpscaleRequest(image_bytes(64, 64), model="rrdb2", scale=2, self_ensemble=True)
+            work = engine.upscale(ticket, request)
             with pytest.raises(Cancelled):
                 await watch_disconnect(GoneClient(), work)
             engine.scheduler.cancel(ticket)

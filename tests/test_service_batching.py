@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from srserve.pipeline import OutOfMemory
+from srserve.pipeline import ImageJob, OutOfMemory, Plane
 from srserve.pipeline.ensemble import ENSEMBLE_TRANSFORMS, IDENTITY
 from srserve.pipeline.tiling import plan_tiles
 from srserve.service.batching import ImageWork, Scheduler, Ticket
@@ -55,9 +55,16 @@ class TaggingScheduler(Scheduler):
 def make_work(runner, loop, h: int, w: int, tile: int, *, ensemble: bool = False, seed: int = 0,
               scale: int = 2) -> ImageWork:
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
-    plan = plan_tiles(h, w, scale, tile, 2)
-    return ImageWork(Ticket(deadline=time.monotonic() + 60), runner, x, plan, None,
-                     ENSEMBLE_TRANSFORMS if ensemble else IDENTITY, loop)
+    plane = Plane(x, plan_tiles(h, w, scale, tile, 2), ENSEMBLE_TRANSFORMS if ensemble else IDENTITY)
+    job = ImageJob(raster=None, size=None, planes=[plane], alpha="model")
+    work = ImageWork(Ticket(deadline=time.monotonic() + 60), runner, job, loop)
+    work.x, work.plan = x, plane.plan
+    return work
+
+
+async def result(work: ImageWork) -> torch.Tensor:
+    """The finished image of a single-plane job."""
+    return (await work.future).planes[0].result()
 
 
 def nearest(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -83,7 +90,7 @@ def test_tiles_of_many_requests_share_batches_and_results_are_exact():
         works = [make_work(runner, loop, 20, 20, 8, seed=i) for i in range(3)]  # 9 tiles each, 12x12 windows
         for work in works:
             scheduler.submit(work)
-        return works, await asyncio.gather(*(w.future for w in works))
+        return works, await asyncio.gather(*(result(w) for w in works))
 
     works, results = run_scheduler(scenario, max_batch=6, max_delay_s=0.05)
     for work, out in zip(works, results):
@@ -158,7 +165,7 @@ def test_self_ensemble_copies_are_inverted_and_averaged():
     async def scenario(scheduler, loop):
         work = make_work(runner, loop, 11, 17, 6, ensemble=True)  # non-square windows: transposed copies
         scheduler.submit(work)
-        return work, await work.future
+        return work, await result(work)
 
     work, out = run_scheduler(scenario, max_batch=8)
     assert sum(map(len, runner.batches)) == len(work.plan.tiles) * 8
@@ -189,7 +196,7 @@ def test_out_of_memory_halves_the_batch_then_fails_one_tile():
         ok_runner = RecordingRunner(oom_above=2)
         work = make_work(ok_runner, loop, 32, 32, 8)  # 16 tiles in batches of 8 -> 4 -> 2
         scheduler.submit(work)
-        out = await work.future
+        out = await result(work)
         bad = make_work(RecordingRunner(oom_above=0), loop, 8, 8, 8)
         scheduler.submit(bad)
         with pytest.raises(OutOfMemory):

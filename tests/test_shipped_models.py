@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from srserve.backend import TorchBackend
+from srserve.backends import TorchBackend
 from srserve.evaluate import evaluate
 from srserve.models.repository import Repository
 

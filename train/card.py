@@ -12,7 +12,7 @@ BENCHMARKS = ("Set5", "Set14")
 
 def measure(entry: ModelEntry, datasets_root: Path, device: str = "cpu") -> list[dict]:
     """Y-PSNR/SSIM of the entry and of bicubic on Set5/Set14 at every scale it serves."""
-    from srserve.backend import TorchBackend
+    from srserve.backends import TorchBackend
     from srserve.evaluate import evaluate
 
     rows = []

@@ -209,7 +209,7 @@ class Trainer:
 
     # --- validation and logging ---------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        from srserve.backend import TorchBackend
+        from srserve.backends import TorchBackend
         from srserve.evaluate import evaluate
 
         dataset = expand_path(self.cfg.validation["dataset"])

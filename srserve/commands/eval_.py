@@ -53,9 +53,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from srserve.evaluate import check_scale, create_backend, discover, evaluate
+    from srserve.backends import create_backend
+    from srserve.evaluate import check_scale, discover, evaluate
 
-    backend = create_backend(args.model, args.repository, args.device, scales=args.scale)
+    backend = create_backend(args.model, "torch", repository=args.repository, device=args.device, scales=args.scale)
     for scale in args.scale:  # fail before the first long run, not after it
         check_scale(backend, scale)
         discover(args.dataset, scale)

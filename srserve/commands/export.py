@@ -69,9 +69,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from srserve.export.artifacts import ExportError
+    from srserve.backends.artifacts import ExportError
     from srserve.export.onnx_export import ONNX_PRECISIONS, export_model, plan_jobs
-    from srserve.export.tensorrt import tile_window
+    from srserve.backends.cuda import tile_window
     from srserve.models.repository import Repository
 
     repository = Repository(args.repository)
@@ -123,9 +123,8 @@ def _build_engines(args, model, entry, scales) -> dict:
     """Builds (or finds cached) TensorRT engines from the fp32 graphs just written."""
     from pathlib import Path
 
-    from srserve.export.artifacts import ExportIndex, default_cache_dir, weights_identity
-    from srserve.export.backends.tensorrt_backend import load_engine
-    from srserve.export.tensorrt import EngineCache, EngineError
+    from srserve.backends.artifacts import ExportIndex, default_cache_dir, weights_identity
+    from srserve.export.tensorrt import EngineCache, EngineError, load_engine
     import torch
 
     cache = EngineCache(Path(args.cache_dir or default_cache_dir()) / "tensorrt")

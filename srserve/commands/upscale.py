@@ -200,14 +200,16 @@ class TileBar:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from srserve.evaluate import create_backend
+    from srserve.backends import create_backend
+    from srserve.export import ExportBuilder
     from srserve.models.errors import SRError
     from srserve.pipeline.image import native_scales, resolve_output_size, upscale_factor_text, upscale_raster
     from srserve.pipeline.imageio import DEFAULT_MAX_PIXELS, read_image, save_image
 
     logging.basicConfig(level=logging.WARNING, format="srserve upscale: warning: %(message)s")
     jobs, fmt = plan_jobs(args)
-    backend = create_backend(args.model, args.repository, args.device, backend=args.backend)
+    backend = create_backend(args.model, args.backend, repository=args.repository, device=args.device,
+                             builder=ExportBuilder())
     if args.scale and args.scale not in native_scales(backend):
         raise SRError(f"model {args.model!r} serves scales {native_scales(backend)}, not x{args.scale}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS

@@ -45,11 +45,16 @@ def transforms_for(self_ensemble: bool) -> list[Transform]:
     return ENSEMBLE_TRANSFORMS if self_ensemble else IDENTITY
 
 
+def ensemble_mean(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of the un-transformed outputs, summed in transform order: the one place the ensemble
+    is averaged, so a tile gives the same bits whichever path (CLI loop, server) ran it."""
+    acc = outputs[0]
+    for y in outputs[1:]:
+        acc = acc + y  # not in place: backends may return inference tensors
+    return acc if len(outputs) == 1 else acc / len(outputs)
+
+
 def run_ensemble(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                  transforms: list[Transform] = ENSEMBLE_TRANSFORMS) -> torch.Tensor:
     """Mean over ``transforms`` of ``invert(run(apply(x)))``; ``run`` maps a batch to a batch."""
-    acc = None
-    for transform in transforms:
-        y = invert_transform(run(apply_transform(x, transform)), transform)
-        acc = y if acc is None else acc + y  # not in place: backends may return inference tensors
-    return acc if len(transforms) == 1 else acc / len(transforms)
+    return ensemble_mean([invert_transform(run(apply_transform(x, t)), t) for t in transforms])

@@ -13,33 +13,16 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-import torch
-from PIL import Image
-
 from srserve.models.errors import SRError
-from srserve.models.resize import BicubicUpsample
 
-from . import upscale_tensor
 from .imageio import Raster
+from .job import ALPHA_MODES, OutputSize, Progress, TilingRequest, create_job, run_job
 
-LUMA = (0.299, 0.587, 0.114)
-ALPHA_MODES = ("model", "bicubic")
+__all__ = ["ALPHA_MODES", "OutputSize", "ScaleError", "choose_native_scale", "resolve_output_size", "upscale_raster"]
 
 
 class ScaleError(SRError):
     """The requested output size cannot be served by the model."""
-
-
-@dataclass(frozen=True)
-class OutputSize:
-    """Native scale to run and the exact output size (height, width) after resizing."""
-
-    scale: int
-    height: int
-    width: int
 
 
 def choose_native_scale(scales: list[int], wanted: float) -> int:
@@ -86,62 +69,14 @@ def resolve_output_size(height: int, width: int, scales: list[int], *, scale: in
     return OutputSize(native, h, w)
 
 
-def resize_exact(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """1×C×H×W float -> 1×C×height×width with Pillow's antialiased LANCZOS, per channel."""
-    if tuple(x.shape[-2:]) == (height, width):
-        return x
-    channels = [Image.fromarray(c.numpy().astype(np.float32), "F").resize((width, height), Image.Resampling.LANCZOS)
-                for c in x[0]]
-    return torch.from_numpy(np.stack([np.asarray(c) for c in channels]))[None]
-
-
-def to_tensor(pixels: np.ndarray, max_value: int) -> torch.Tensor:
-    """H×W×C integer pixels -> 1×3×H×W float in [0, 1] (a single channel replicated)."""
-    x = torch.from_numpy(pixels.astype(np.float32) / max_value).permute(2, 0, 1)[None]
-    return x.expand(1, 3, *x.shape[-2:]).contiguous() if x.shape[1] == 1 else x
-
-
-def quantise(x: torch.Tensor, max_value: int, dtype) -> np.ndarray:
-    """1×C×H×W [0, 1] -> H×W×C integers, rounded (not truncated)."""
-    return np.rint(x[0].clamp(0, 1).mul(max_value).permute(1, 2, 0).numpy()).astype(dtype)
-
-
-def luma(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
-
-
-def _upscale_alpha(backend, alpha: np.ndarray, max_value: int, scale: int, mode: str, **options) -> torch.Tensor:
-    if alpha.min() == max_value:  # fully opaque: nothing to compute
-        return torch.ones(1, 1, alpha.shape[0] * scale, alpha.shape[1] * scale)
-    a = to_tensor(alpha, max_value)
-    if mode == "bicubic":
-        with torch.inference_mode():
-            return BicubicUpsample(scale)(a[:, :1]).clamp(0, 1).clone()
-    return upscale_tensor(backend, a, scale, **options).mean(1, keepdim=True)
-
-
-def upscale_raster(backend, raster: Raster, size: OutputSize, *, alpha: str = "model", **options) -> Raster:
-    """Upscales a decoded image to ``size``; ``options`` go to ``upscale_tensor`` (tile, margin,
-    self_ensemble, exact, batch_size, progress, ...). Bit depth, gray/colour, alpha and the ICC
-    profile of the input are kept."""
-    if alpha not in ALPHA_MODES:
-        raise SRError(f"alpha mode must be one of {ALPHA_MODES}, got {alpha!r}")
-    scale = size.scale
-    color = upscale_tensor(backend, to_tensor(raster.color, raster.max_value), scale, **options)
-    if raster.gray:
-        color = luma(color)
-    parts = [resize_exact(color, size.height, size.width)]
-    del color
-    if raster.has_alpha:
-        a = _upscale_alpha(backend, raster.alpha, raster.max_value, scale, alpha, **options)
-        parts.append(resize_exact(a, size.height, size.width))
-    out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    return Raster(quantise(out, raster.max_value, raster.pixels.dtype), raster.icc_profile, raster.source_format)
-
-
-# the names the server imported before they were public
-_to_tensor, _quantise, _luma = to_tensor, quantise, luma
+def upscale_raster(backend, raster: Raster, size: OutputSize, *, alpha: str = "model", self_ensemble: bool = False,
+                   tile: int | None = None, margin: int | None = None, feather: int | None = None,
+                   exact: bool = False, batch_size: int = 1, progress: Progress | None = None) -> Raster:
+    """Upscales a decoded image to ``size`` (``job.create_job`` + ``job.run_job``). Bit depth,
+    gray/colour, alpha and the ICC profile of the input are kept."""
+    tiling = TilingRequest(tile=tile, margin=margin, feather=feather, exact=exact, batch_size=batch_size)
+    job = create_job(backend, raster, size, self_ensemble=self_ensemble, alpha=alpha, tiling=tiling)
+    return run_job(backend, job, batch_size=batch_size, progress=progress).compose()
 
 
 def native_scales(backend) -> list[int]:

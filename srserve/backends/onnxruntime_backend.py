@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srserve.backend import BackendError, PrecisionGuard, resolve_precision
 from srserve.models.repository import LoadedModel
 
-from ..artifacts import default_cache_dir
-from ..tensorrt import DEFAULT_MAX_BATCH, device_index, gpu_slug, tile_window
-from .sources import OnnxArtifacts
+from .artifacts import default_cache_dir
+from .base import BackendError, PrecisionGuard, resolve_precision
+from .cuda import DEFAULT_MAX_BATCH, device_index, gpu_slug, tile_window
+from .sources import ArtifactBuilder, OnnxArtifacts
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -70,7 +70,7 @@ class OnnxRuntimeBackend:
     selected = "requested"
 
     def __init__(self, model: LoadedModel, device: str | torch.device = "cpu", precision: str = "fp32", *,
-                 cache_dir: str | Path | None = None, export_missing: bool = True, threads: int | None = None,
+                 cache_dir: str | Path | None = None, builder: ArtifactBuilder | None = None, threads: int | None = None,
                  spin: bool = True, self_ensemble: bool = False, tile: int | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, force_precision: bool = False):
         self.model = model
@@ -81,7 +81,7 @@ class OnnxRuntimeBackend:
         if self.precision == "bf16":
             raise BackendError("the onnxruntime backend runs fp32 or fp16; use --backend tensorrt or torch for bf16")
         self.cache_dir = Path(cache_dir or default_cache_dir())
-        self.artifacts = OnnxArtifacts(model, self.cache_dir, export_missing=export_missing)
+        self.artifacts = OnnxArtifacts(model, self.cache_dir, builder=builder)
         self.threads, self.spin = threads, spin
         self.tile, self.max_batch = tile, max_batch
         self.providers = self._providers()

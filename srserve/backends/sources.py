@@ -1,31 +1,41 @@
-"""Where the ONNX/TensorRT backends get their graphs: trusted artifacts, else an export on the fly.
+"""Where the graph-based backends get their graphs: trusted artifacts, else a builder.
 
 Lookup order for a graph (kind, scale, precision): the model's repository folder (written by
 ``srserve export``), then the cache (``$SR_ENGINE_CACHE/onnx/NAME``). An artifact is used only if
 ``ExportIndex.usable`` accepts it (file present, sha256 as recorded, exported from the current
-weights). When neither has one, the graph is exported into the cache with the same parity
-check as ``srserve export`` (``export_missing=True``, the default) — the repository may be a
-read-only mount, and a stale graph must never run — or a one-line error says what to run.
+weights). When neither has one, an ``ArtifactBuilder`` (``srserve.export.ExportBuilder``: the
+same parity check as ``srserve export``) writes it into the cache — the repository may be a
+read-only mount, and a stale graph must never run. Without a builder a one-line error says
+what to run. The builder is passed in, not imported: the runtime never depends on the exporter.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Protocol
 
-from srserve.backend import BackendError
 from srserve.models.repository import LoadedModel
 
-from ..artifacts import Artifact, ExportIndex, default_cache_dir, weights_identity
-from ..onnx_export import GraphJob, export_artifact
+from .artifacts import Artifact, ExportIndex, artifact_file, default_cache_dir, weights_identity
+from .base import BackendError
 
-log = logging.getLogger("srserve.export")
+log = logging.getLogger("srserve.backends")
+
+
+class ArtifactBuilder(Protocol):
+    """What the runtime asks of the exporter when an artifact is missing."""
+
+    def onnx_graph(self, model: LoadedModel, kind: str, scale: int, precision: str, folder: Path) -> Artifact: ...
+
+    def tensorrt_engine(self, model: LoadedModel, scale: int, precision: str, **options): ...
 
 
 class OnnxArtifacts:
-    def __init__(self, model: LoadedModel, cache_dir: str | Path | None = None, *, export_missing: bool = True):
+    def __init__(self, model: LoadedModel, cache_dir: str | Path | None = None, *,
+                 builder: ArtifactBuilder | None = None):
         self.model = model
         self.cache_folder = Path(cache_dir or default_cache_dir()) / "onnx" / model.name
-        self.export_missing = export_missing
+        self.builder = builder
 
     def folders(self) -> list[Path]:
         entry = self.model.entry
@@ -49,12 +59,12 @@ class OnnxArtifacts:
         found = self.find(kind, scale, precision)
         if found is not None:
             return found
-        job = GraphJob(kind, int(scale), precision)
-        if not self.export_missing:
-            raise BackendError(f"no usable ONNX graph {job.file} for model {self.model.name!r}; run "
-                               f"`srserve export --model {self.model.name} --scales {scale} --precision {precision}`")
-        log.warning("%s: exporting %s on the fly into %s", self.model.name, job.file, self.cache_folder)
-        artifact = export_artifact(self.model, job, self.cache_folder)
+        if self.builder is None:
+            raise BackendError(f"no usable ONNX graph {artifact_file(kind, scale, precision)} for model "
+                               f"{self.model.name!r}; run `srserve export --model {self.model.name} --scales {scale} "
+                               f"--precision {precision}`")
+        log.warning("%s: exporting %s x%d %s into %s", self.model.name, kind, scale, precision, self.cache_folder)
+        artifact = self.builder.onnx_graph(self.model, kind, int(scale), precision, self.cache_folder)
         index = ExportIndex(self.cache_folder, self.model.name)
         index.add(artifact)
         return index.path(artifact), artifact

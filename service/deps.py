@@ -1,0 +1,60 @@
+"""FastAPI dependencies: the service, API-key authentication and the /upscale query parameters.
+
+Tests replace any of them with ``app.dependency_overrides``.
+"""
+from __future__ import annotations
+
+import hmac
+from typing import Literal
+
+from fastapi import Query, Request
+from pydantic import BaseModel
+
+from .domain import Service
+from .errors import Unauthorized
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def api_key(request: Request) -> str | None:
+    """The key a request carries (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``)."""
+    key = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if key is None and auth[:7].lower() == "bearer ":
+        key = auth[7:].strip()
+    return key or None
+
+
+def authorize(request: Request) -> str | None:
+    """401 unless API keys are off or the request carries one of them; returns the key."""
+    keys = get_service(request).settings.api_keys
+    if not keys:
+        return None
+    key = api_key(request)
+    if not key or not any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
+        raise Unauthorized("missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
+    return key
+
+
+class UpscaleParams(BaseModel):
+    model: str | None = None
+    scale: int | None = None
+    outscale: float | None = None
+    self_ensemble: bool = False
+    format: str = "png"
+    quality: int | None = None
+
+
+def upscale_params(
+    model: str | None = Query(None, max_length=64, description="model name (default from config)"),
+    scale: int | None = Query(None, ge=1, le=16, description="native scale (default from config)"),
+    outscale: float | None = Query(None, gt=0, le=16, description="any output scale: the smallest native scale "
+                                   ">= it runs, then an antialiased LANCZOS resize"),
+    self_ensemble: bool = Query(False, description="geometric self-ensemble x8 (8x the compute)"),
+    format: Literal["png", "jpeg", "jpg", "webp"] = Query("png", description="output format"),
+    quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (default 95/90)"),
+) -> UpscaleParams:
+    return UpscaleParams(model=model, scale=scale, outscale=outscale, self_ensemble=self_ensemble, format=format,
+                         quality=quality)
