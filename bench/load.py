@@ -138,20 +138,23 @@ def bare_throughput(repository: Path, args, jobs: list["Job"], seconds: float, b
     OpenMP pool behaves differently on the main thread, so measuring there is not comparable)."""
     import torch
 
+    from srserve.models.repository import Repository
+    from srserve.pipeline import plan_for
     from srserve.pipeline.imageio import read_image
     from srserve.pipeline.tiling import extract_tiles
     from srserve.service.config import Settings
     from srserve.service.engine import ServedModel, create_model_backend
-    from srserve.models.repository import Repository
 
     settings = Settings(repository=repository, device=args.device, backend=args.backend, threads=args.threads,
                         tile_size=args.tile_size, max_batch_tiles=args.batch)
-    model = ServedModel(create_model_backend(args.model, settings, Repository(repository)), args.tile_size, True)
+    uniform = settings.torch_device.type == "cuda" and settings.batch_tiles > 1  # as Engine.batching_pays
+    model = ServedModel(create_model_backend(args.model, settings, Repository(repository)), args.tile_size, True,
+                        uniform_windows=uniform)
     by_shape: dict[tuple, list[torch.Tensor]] = {}
     for job in jobs:
         raster = read_image(job.image)
         x = torch.from_numpy(raster.color.astype(np.float32) / 255).permute(2, 0, 1)[None]
-        plan = model.plan(raster.height, raster.width, job.scale)
+        plan = plan_for(model.backend, raster.height, raster.width, job.scale, model.tiling_request(job.scale))
         by_shape.setdefault((job.scale, plan.tile_shape), []).extend(extract_tiles(x, plan))
     out_pixels = sum(job.out_pixels for job in jobs)
     batches = [(scale, torch.stack(tiles[i:i + batch])) for (scale, _), tiles in by_shape.items()

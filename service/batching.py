@@ -35,7 +35,7 @@ from typing import Callable, NamedTuple, Protocol
 import torch
 
 from srserve.pipeline import ImageJob, OutOfMemory, WorkItem
-from srserve.pipeline.memory import is_out_of_memory
+from srserve.pipeline.job import BatchSplitter
 
 from .metrics import Metrics
 
@@ -146,6 +146,10 @@ class TileJob:
     def scale(self) -> int:
         return self.item.plane.scale
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.item.shape
+
 
 class TileQueue:
     """The tiles of one ``BatchKey``, one lane (deque) per request, served round-robin."""
@@ -209,6 +213,7 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name=f"sr-inference-{device}", daemon=True)
         self._collector = ThreadPoolExecutor(1, thread_name_prefix="sr-stitch")
         self.batches_run = 0
+        self._splitters: dict[str, BatchSplitter] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -369,20 +374,11 @@ class Scheduler:
         self._collector.submit(self._scatter, jobs, outputs)
 
     def _run_splitting(self, model: Runner, jobs: list[TileJob]) -> list[torch.Tensor]:
-        """Runs a batch; out of memory halves it (down to one tile, then ``OutOfMemory``)."""
-        try:
-            return self._run_tiles(model, jobs)
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
-            if not is_out_of_memory(exc):
-                raise
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(jobs) == 1:
-                raise OutOfMemory(f"out of memory running one {'×'.join(map(str, jobs[0].item.shape))} "
-                                  f"tile of {model.name}; lower tile_size or max_batch_tiles") from None
-            half = len(jobs) // 2
-            log.warning("out of memory with %d tiles of %s; splitting the batch", len(jobs), model.name)
-            return self._run_splitting(model, jobs[:half]) + self._run_splitting(model, jobs[half:])
+        """Runs a batch under the pipeline's out-of-memory policy (one splitter per model)."""
+        splitter = self._splitters.get(model.name)
+        if splitter is None:
+            splitter = self._splitters[model.name] = BatchSplitter(self.device, model.name)
+        return splitter.run(lambda chunk: self._run_tiles(model, chunk), jobs)
 
     def _run_tiles(self, model: Runner, jobs: list[TileJob]) -> list[torch.Tensor]:
         windows = torch.stack([job.item.window() for job in jobs])

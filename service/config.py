@@ -22,6 +22,7 @@ from srserve.models.errors import SRError
 Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+PREFERRED_DEFAULT_MODEL = "edsr"  # the default model when the repository has it and none is configured
 GPU_DEFAULT_BATCH = 8  # tiles per batch on a GPU when max_batch_tiles is not set
 
 

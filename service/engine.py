@@ -38,13 +38,12 @@ from srserve.pipeline.imageio import MEDIA_TYPES, Raster, encode_image, output_f
 from srserve.pipeline.tiling import TilingConfig, default_tiling
 
 from .batching import ImageWork, Scheduler, Ticket
-from .config import ConfigError, Settings
+from .config import PREFERRED_DEFAULT_MODEL, ConfigError, Settings
 from .errors import InvalidParameter, Unavailable
 from .metrics import Metrics
 
 log = logging.getLogger("srserve.service")
 
-PREFERRED_DEFAULT = "edsr"
 WARMUP_SIDE = 32  # LR side of the warm-up windows of shape-agnostic engines
 
 
@@ -223,7 +222,7 @@ class Engine:
             log.info("loaded %s (%s %s, scales %s) on %s in %.1fs", name, backend.name, backend.precision,
                      self.models[name].scales, self.device, time.monotonic() - started)
         self.default_model = self.settings.default_model or (
-            PREFERRED_DEFAULT if PREFERRED_DEFAULT in self.models else next(iter(self.models)))
+            PREFERRED_DEFAULT_MODEL if PREFERRED_DEFAULT_MODEL in self.models else next(iter(self.models)))
         self.metrics.set_build_info(_version(), str(self.device), [m.backend_name for m in self.models.values()])
 
     async def warmup(self) -> None:

@@ -13,10 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
-from srserve.models.registry import build_network
+import tiny_models
 from srserve.models.repository import Repository
+from tiny_models import make_net  # noqa: F401 - the test modules take it from here
 
 # name -> [(architecture, hyper-parameters), ...] (one entry per weights file)
 TINY = {
@@ -30,21 +29,8 @@ TINY = {
 HEADS = [(name, scale) for name, files in TINY.items() for _, h in files for scale in h.get("scales", [h.get("scale")])]
 
 
-def make_net(arch: str, hparams: dict, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    net = build_network(arch, hparams)
-    if arch == "rrdbnet":  # no mean shift: centre the random output in [0, 1] so parity is not all clamped
-        with torch.no_grad():
-            net.conv_last.bias.fill_(0.5)
-    return net
-
-
-def tiny_repository(root: Path, names=tuple(TINY), seed: int = 0) -> Repository:
-    repo = Repository(root)
-    for i, name in enumerate(names):
-        for j, (arch, hparams) in enumerate(TINY[name]):
-            repo.add_weights(name, arch, hparams, make_net(arch, hparams, seed + 10 * i + j).state_dict())
-    return repo
+def tiny_repository(root: Path, names=None, seed: int = 0) -> Repository:
+    return tiny_models.tiny_repository(root, TINY, names, seed)
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,55 +9,29 @@ import pytest
 import torch
 from PIL import Image
 
+import tiny_models
+from conftest import BENCHMARK
 from srserve.backends import TorchBackend
-from srserve.models.registry import build_network
 from srserve.models.repository import Repository
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmark"
 
-# name -> (architecture, hyper-parameters); small enough for a 2-core CPU
+# name -> [(architecture, hyper-parameters)]; small enough for a 2-core CPU
 TINY = {
-    "edsr": ("edsr", {"n_resblocks": 2, "n_feats": 8, "scale": 2}),
-    "edsr3": ("edsr", {"n_resblocks": 2, "n_feats": 8, "scale": 3}),
-    "mdsr": ("mdsr", {"n_resblocks": 2, "n_feats": 8, "scales": [2, 3, 4]}),
-    "vdsr": ("vdsr", {"num_layers": 6, "n_feats": 8, "scales": [2, 3, 4]}),
-    "dasr": ("dasr", {"n_groups": 1, "n_blocks": 1, "n_feats": 8, "reduction": 4, "scale": 2}),
-    "rrdb4": ("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 4}),
-    "rrdb2": ("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 2}),
-    "rrdb1": ("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 1}),
+    "edsr": [("edsr", {"n_resblocks": 2, "n_feats": 8, "scale": 2})],
+    "edsr3": [("edsr", {"n_resblocks": 2, "n_feats": 8, "scale": 3})],
+    "mdsr": [("mdsr", {"n_resblocks": 2, "n_feats": 8, "scales": [2, 3, 4]})],
+    "vdsr": [("vdsr", {"num_layers": 6, "n_feats": 8, "scales": [2, 3, 4]})],
+    "dasr": [("dasr", {"n_groups": 1, "n_blocks": 1, "n_feats": 8, "reduction": 4, "scale": 2})],
+    "rrdb4": [("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 4})],
+    "rrdb2": [("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 2})],
+    "rrdb1": [("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 1})],
     # deep enough (radius 138 > MAX_EXACT_MARGIN) that the defaults blend with the effective margin
-    "rrdbdeep": ("rrdbnet", {"num_block": 9, "num_feat": 8, "num_grow_ch": 4, "scale": 4}),
+    "rrdbdeep": [("rrdbnet", {"num_block": 9, "num_feat": 8, "num_grow_ch": 4, "scale": 4})],
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster than
-    two fighting other processes (measured 1.3 s vs 27 s for the same test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_net(name: str, seed: int = 0) -> tuple[str, dict, torch.nn.Module]:
-    arch, hparams = TINY[name]
-    torch.manual_seed(seed)
-    net = build_network(arch, hparams)
-    if arch == "rrdbnet":
-        # RRDBNet has no mean shift: centre a random net's output in [0, 1] so little is clamped
-        with torch.no_grad():
-            net.conv_last.bias.fill_(0.5)
-            net.conv_last.weight.mul_(4)
-    return arch, hparams, net
-
-
-def tiny_repository(root: Path, names=tuple(TINY)) -> Repository:
-    repo = Repository(root)
-    for i, name in enumerate(names):
-        arch, hparams, net = make_net(name, seed=i)
-        repo.add_weights(name, arch, hparams, net.state_dict())
-    return repo
+def tiny_repository(root: Path, names=None) -> Repository:
+    return tiny_models.tiny_repository(root, TINY, names)
 
 
 def backend_of(repo: Repository, name: str) -> TorchBackend:
@@ -65,13 +39,13 @@ def backend_of(repo: Repository, name: str) -> TorchBackend:
 
 
 def scale_of(name: str) -> int:
-    _, hparams = TINY[name]
+    _, hparams = TINY[name][0]
     return int(hparams.get("scale", max(hparams.get("scales", [2]))))
 
 
 def lr_image(relative: str = "Set5/x2/LR/img_003.png", crop: tuple[int, int] | None = None) -> torch.Tensor:
     """A real LR image as 1×3×H×W in [0, 1] (top-left ``crop``), or skip when absent."""
-    path = DATASETS / relative
+    path = BENCHMARK / relative
     if not path.is_file():
         pytest.skip(f"{path} is not available")
     a = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255

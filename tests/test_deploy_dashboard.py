@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from conftest import free_port
 from service_fixtures import image_bytes, make_repository
 
 pytestmark = pytest.mark.slow
@@ -38,12 +38,6 @@ BAD = [  # (query, body, content type, expected status)
     ("model=edsr&scale=5", image_bytes(8, 8), "image/png", 422),
     ("model=edsr&scale=2", b"%PDF-1.4", "application/pdf", 415),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:

@@ -12,18 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import BENCHMARK, NO_DATASETS
 from srserve.backends import create_backend
 from srserve.evaluate import DatasetError, EvalError, EvalResult, discover, evaluate
 from srserve.metrics import psnr_y, ssim_y
 from srserve.models.imresize import imresize_uint8
 
-REPO_ROOT = Path(__file__).parents[1]
-DATASETS = Path(os.environ.get("SR_DATASETS") or REPO_ROOT.parent / "shared" / "datasets")
-BENCHMARK = DATASETS / "benchmark"
-needs_benchmark = pytest.mark.skipif(
-    not (BENCHMARK / "Set5").is_dir() or not (BENCHMARK / "Set14").is_dir(),
-    reason=f"benchmark datasets not found at {BENCHMARK} (set SR_DATASETS to the datasets folder)",
-)
+needs_benchmark = pytest.mark.skipif(not (BENCHMARK / "Set5").is_dir() or not (BENCHMARK / "Set14").is_dir(),
+                                     reason=NO_DATASETS)
 
 # Bicubic PSNR / SSIM (Y, shave = scale) as published (VDSR, Kim et al. 2016, Table 3; SEEDS.md).
 PUBLISHED = {

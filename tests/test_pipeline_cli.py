@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_nets import one_thread, tiny_repository  # noqa: F401
+from pipeline_nets import tiny_repository
 from srserve.cli import main
 from srserve.models.errors import SRError
 from srserve.pipeline.image import choose_native_scale, resolve_output_size

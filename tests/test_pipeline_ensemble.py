@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline_nets import DATASETS, backend_of, lr_image, one_thread, tiny_repository  # noqa: F401
+from conftest import BENCHMARK, DATASETS
+from pipeline_nets import backend_of, lr_image, tiny_repository
 from srserve.backends import TorchBackend
 from srserve.models.imresize import imresize
 from srserve.models.registry import build_network
@@ -17,7 +18,7 @@ from srserve.models.repository import Repository
 from srserve.pipeline import ENSEMBLE_TRANSFORMS, apply_transform, invert_transform, upscale_tensor
 from srserve.pipeline.ensemble import run_ensemble
 
-TRAIN = DATASETS.parent / "train" / "BSDS500-train"
+TRAIN = DATASETS / "train" / "BSDS500-train"
 
 
 @pytest.mark.parametrize("transform", ENSEMBLE_TRANSFORMS)
@@ -100,7 +101,7 @@ def _train_tiny_edsr(tmp_path: Path):
 def _check_ensemble_psnr(backend, source: str) -> None:
     from srserve.evaluate import evaluate
 
-    dataset = DATASETS / "Set5"
+    dataset = BENCHMARK / "Set5"
     if not dataset.is_dir():
         pytest.skip("Set5 is not available")
     plain = evaluate(backend, dataset, 2, progress=False)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
-from pipeline_nets import one_thread, tiny_repository  # noqa: F401
+from pipeline_nets import tiny_repository
 from srserve.cli import main
 from srserve.models.resize import BicubicUpsample
 from srserve.pipeline.imageio import (

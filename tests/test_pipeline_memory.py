@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline_nets import backend_of, lr_image, one_thread, tiny_repository  # noqa: F401
+from pipeline_nets import backend_of, lr_image, tiny_repository
 from srserve.pipeline import OutOfMemory, upscale_tensor
 from srserve.pipeline.degradation import image_degradation
 from srserve.pipeline.memory import auto_tile_size, available_memory, bytes_per_lr_pixel, is_out_of_memory

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_nets import TINY, backend_of, lr_image, one_thread, scale_of, tiny_repository, to8  # noqa: F401
+from pipeline_nets import TINY, backend_of, lr_image, scale_of, tiny_repository, to8
 from srserve.models.repository import Repository
 from srserve.pipeline import upscale_tensor
 from srserve.pipeline.tiling import (

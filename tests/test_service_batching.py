@@ -23,13 +23,19 @@ class RecordingRunner:
     backend_name = "fake"
     precision = "fp32"
 
-    def __init__(self, name: str = "fake", delay: float = 0.0, oom_above: int | None = None):
+    def __init__(self, name: str = "fake", delay: float = 0.0, oom_above: int | None = None,
+                 hold_first: bool = False):
         self.name = name
         self.delay = delay
         self.oom_above = oom_above
         self.batches: list[list[int]] = []
         self.current: list = []
         self.lock = threading.Lock()
+        # hold_first: the first batch waits for ``release`` after setting ``started``, so a test
+        # can act while a batch is known to be running (events, not sleeps)
+        self.started, self.release = threading.Event(), threading.Event()
+        if not hold_first:
+            self.release.set()
 
     def queue_scale(self, scale: int) -> int:
         return scale
@@ -37,6 +43,8 @@ class RecordingRunner:
     def run_tiles(self, windows, scales, degradation):
         if self.oom_above is not None and len(windows) > self.oom_above:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.started.set()
+        self.release.wait(60)
         time.sleep(self.delay)
         with self.lock:
             self.batches.append(list(self.current))
@@ -71,6 +79,18 @@ def nearest(x: torch.Tensor, s: int) -> torch.Tensor:
     return x.repeat_interleave(s, -1).repeat_interleave(s, -2)
 
 
+async def until(condition, timeout_s: float = 30.0) -> None:
+    """Polls ``condition()`` from the event loop (the scheduler runs on its own thread)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.002)
+
+
+async def started(runner) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, runner.started.wait, 60)
+
+
 def run_scheduler(scenario, *, max_batch: int, max_delay_s: float = 0.0):
     async def main():
         scheduler = TaggingScheduler(torch.device("cpu"), max_batch, max_delay_s, Metrics())
@@ -101,14 +121,15 @@ def test_tiles_of_many_requests_share_batches_and_results_are_exact():
 
 
 def test_round_robin_a_small_request_is_not_starved():
-    runner = RecordingRunner(delay=0.01)  # the big request alone takes 0.32 s: the small one comes well before
+    runner = RecordingRunner(hold_first=True)
 
     async def scenario(scheduler, loop):
         big = make_work(runner, loop, 64, 64, 8, seed=1)  # 64 tiles
         scheduler.submit(big)
-        await asyncio.sleep(0.02)
+        await started(runner)  # the big request's first batch is running
         small = make_work(runner, loop, 12, 12, 8, seed=2)  # 4 tiles of the same 12x12 window shape
         scheduler.submit(small)
+        runner.release.set()
         await small.future
         done_small = len(runner.batches)
         await big.future
@@ -122,14 +143,15 @@ def test_round_robin_a_small_request_is_not_starved():
 
 def test_round_robin_across_queues():
     """Two models (two queues): a request of the second is served while the first still has work."""
-    slow, other = RecordingRunner("slow", delay=0.01), RecordingRunner("other")  # 64 tiles: 0.64 s alone
+    slow, other = RecordingRunner("slow", hold_first=True), RecordingRunner("other")
 
     async def scenario(scheduler, loop):
         big = make_work(slow, loop, 64, 64, 8)
         scheduler.submit(big)
-        await asyncio.sleep(0.02)
+        await started(slow)
         small = make_work(other, loop, 8, 8, 8)
         scheduler.submit(small)
+        slow.release.set()
         await small.future
         return big.future.done(), len(slow.batches)
 
@@ -142,21 +164,19 @@ def test_max_delay_waits_for_companions_then_runs_partial_batches():
 
     async def scenario(scheduler, loop):
         first = make_work(runner, loop, 8, 8, 8, seed=1)
-        scheduler.submit(first)
-        await asyncio.sleep(0.03)  # within max_delay: the tile waits
         second = make_work(runner, loop, 8, 8, 8, seed=2)
-        scheduler.submit(second)
-        started = time.monotonic()
+        scheduler.submit(first)
+        scheduler.submit(second)  # well within max_delay: the first tile waits for it
         await asyncio.gather(first.future, second.future)
         lone = make_work(runner, loop, 8, 8, 8, seed=3)
         t0 = time.monotonic()
         scheduler.submit(lone)
-        await lone.future
+        await lone.future  # a lone tile runs once max_delay has passed, not never
         return {first.ticket.id, second.ticket.id}, time.monotonic() - t0
 
-    pair, lone_latency = run_scheduler(scenario, max_batch=4, max_delay_s=0.2)
+    pair, lone_latency = run_scheduler(scenario, max_batch=4, max_delay_s=1.0)
     assert set(runner.batches[0]) == pair and len(runner.batches[0]) == 2  # the first waited and was batched
-    assert 0.15 < lone_latency < 5  # a lone tile runs after max_delay, not never
+    assert lone_latency >= 1.0  # and not before: the scheduler waited for companions
 
 
 def test_self_ensemble_copies_are_inverted_and_averaged():
@@ -173,21 +193,22 @@ def test_self_ensemble_copies_are_inverted_and_averaged():
 
 
 def test_cancel_drops_queued_tiles():
-    runner = RecordingRunner(delay=0.01)
+    runner = RecordingRunner(hold_first=True)
 
     async def scenario(scheduler, loop):
         big = make_work(runner, loop, 64, 64, 8)
         scheduler.submit(big)
-        await asyncio.sleep(0.03)
+        await started(runner)  # one tile is running, 63 are queued
         dropped = scheduler.cancel(big.ticket)
         queued = scheduler.queued_tiles
-        ran = len(runner.batches)
-        await asyncio.sleep(0.1)
-        return dropped, queued, ran, len(runner.batches), big.future.done()
+        runner.release.set()
+        await until(lambda: len(runner.batches) == 1)
+        await scheduler.call_async(lambda: None)  # the inference thread is past the running batch
+        return dropped, queued, len(runner.batches), big.future.done()
 
-    dropped, queued, ran, ran_later, done = run_scheduler(scenario, max_batch=1)
-    assert dropped > 40 and queued == 0
-    assert ran_later <= ran + 1  # at most the batch already running
+    dropped, queued, ran, done = run_scheduler(scenario, max_batch=1)
+    assert dropped == 63 and queued == 0
+    assert ran == 1  # only the batch already running
     assert not done
 
 
@@ -215,7 +236,8 @@ def test_deadline_passed_tiles_are_not_run():
         work = make_work(runner, loop, 16, 16, 8)
         work.ticket.deadline = time.monotonic() - 1
         scheduler.submit(work)
-        await asyncio.sleep(0.1)
+        await until(lambda: scheduler.queued_tiles == 0)
+        await scheduler.call_async(lambda: None)  # the inference thread has looked at the queues since
         return scheduler.queued_tiles, work.future.done()
 
     queued, done = run_scheduler(scenario, max_batch=2)
@@ -223,19 +245,22 @@ def test_deadline_passed_tiles_are_not_run():
 
 
 def test_stop_drops_queued_work_and_fails_its_requests():
-    runner = RecordingRunner(delay=0.05)
+    runner = RecordingRunner(hold_first=True)
 
     async def main():
         loop = asyncio.get_running_loop()
         scheduler = Scheduler(torch.device("cpu"), 1, 0.0, Metrics())
         scheduler.start()
-        work = make_work(runner, loop, 64, 64, 8)  # 64 tiles, 50 ms each
+        work = make_work(runner, loop, 64, 64, 8)  # 64 tiles
         scheduler.submit(work)
-        await asyncio.sleep(0.02)
-        await loop.run_in_executor(None, scheduler.stop)
+        await started(runner)
+        stopping = loop.run_in_executor(None, scheduler.stop)
+        await until(lambda: scheduler.queued_tiles == 0)  # stop dropped the queue before joining the thread
+        runner.release.set()
+        await stopping
         with pytest.raises(RuntimeError, match="stopped"):
             await work.future
         return scheduler.queued_tiles
 
     assert asyncio.run(main()) == 0
-    assert len(runner.batches) <= 2  # the batch running when it stopped, not the 64
+    assert len(runner.batches) == 1  # the batch running when it stopped, not the 64

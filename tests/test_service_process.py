@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import free_port
 from service_fixtures import image_bytes, make_repository, max_diff, metric, metric_sum, mixed_requests
 
 PNG = {"Content-Type": "image/png"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -93,8 +87,10 @@ def test_real_server_concurrent_requests_metrics_and_sigterm_drain(server):
             while metric((await client.get("/metrics")).text, "sr_inflight_requests") < 6:
                 await asyncio.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
             ready = await client.get("/readyz")
+            while ready.status_code == 200:  # the signal handler runs on the server's loop: poll for it
+                await asyncio.sleep(0.05)
+                ready = await client.get("/readyz")
             refused = await client.post("/upscale?model=edsr", content=image_bytes(8, 8), headers=PNG)
             return ready, refused, await asyncio.gather(*accepted)
 

@@ -3,27 +3,26 @@ report what they really measure.
 
 Every shipped model must clear a floor that any real trained model clears (random or broken
 weights lose to bicubic), and the issue's targets (>= 3.0 dB over bicubic at x2, >= 2.0 dB at x4);
-a model known to be short of its target is a strict xfail that names the shortfall, so the test
-reports it and flags the day it is met.
+a model that misses them fails.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
+import torch
 
+from conftest import BENCHMARK, NO_DATASETS, ROOT
 from srserve.backends import TorchBackend
 from srserve.evaluate import evaluate
-from srserve.models.repository import Repository
+from srserve.models.repository import Repository, sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
-SET5 = ROOT.parent / "shared" / "datasets" / "benchmark" / "Set5"
+SET5 = BENCHMARK / "Set5"
 REPO = Repository(ROOT / "model_repository")
+USES_ALL_THREADS = True  # full-size models: both cores
 FLOOR_GAIN_DB = 1.0
 TARGET_GAIN_DB = {2: 3.0, 4: 2.0}  # issue 6, Set5
-SHORT_OF_TARGET: dict[str, str] = {}  # name -> why it is short (a strict xfail until it meets the target)
-needs_set5 = pytest.mark.skipif(not SET5.exists(), reason="needs ../shared/datasets/benchmark/Set5 (not in a user's clone)")
+needs_set5 = pytest.mark.skipif(not SET5.exists(), reason=NO_DATASETS)
 
 
 def shipped() -> list[str]:
@@ -35,10 +34,15 @@ def test_the_default_models_are_shipped():
 
 
 @pytest.mark.parametrize("name", shipped())
-def test_shipped_model_loads_every_scale(name):
-    model = REPO.load(name)
-    for scale in model.scales:
-        assert model.net(scale).scale == scale
+def test_shipped_model_files_match_model_json_and_run_every_scale(name):
+    entry = REPO.get(name)
+    for weights in entry.weights:
+        assert sha256_file(entry.path / weights.file) == weights.sha256, f"{name}/{weights.file} changed"
+    backend = TorchBackend(REPO.load(name))
+    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    for scale in entry.scales:
+        out = backend.run(x, scale, backend.degradation(x, scale))
+        assert out.shape == (1, 3, 12 * scale, 10 * scale) and bool(torch.isfinite(out).all()), (name, scale)
 
 
 @lru_cache(maxsize=None)
@@ -59,8 +63,7 @@ def test_shipped_model_beats_bicubic_and_matches_its_card(name):
 
 
 @needs_set5
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET[n]))
-                                  if n in SHORT_OF_TARGET else n for n in shipped()])
+@pytest.mark.parametrize("name", shipped())
 def test_shipped_model_meets_the_target_gain(name):
     for scale, target in TARGET_GAIN_DB.items():
         if scale in REPO.get(name).scales:

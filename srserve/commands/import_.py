@@ -16,8 +16,6 @@ EPILOG = """supported checkpoints (official file names):
   pytorch-vdsr   model_epoch_50.pth (a pickled module, read without running pickled code)
 formats: safetensors, PyTorch zip and legacy files; 'module.' prefixes and trainer wrappers are removed."""
 
-ARCHS = "auto|vdsr|edsr|mdsr|rrdbnet|dasr"
-
 
 def add_arguments(p) -> None:
     import argparse
@@ -26,7 +24,8 @@ def add_arguments(p) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file")
     p.add_argument("--name", required=True, help="model name in the repository (letters, digits, '.', '_', '-')")
-    p.add_argument("--arch", default="auto", metavar=ARCHS, help="architecture (default: detected from the weights)")
+    p.add_argument("--arch", default="auto", metavar="auto|ARCH",
+                   help="architecture (default: detected from the weights; `srserve list --architectures` lists them)")
     p.add_argument("--scale", type=int, metavar="S",
                    help="check the detected scale (VDSR, which is scale-agnostic: serve only this scale)")
     p.add_argument("--license", metavar="TEXT", help="licence of the weights, stored in model.json")

@@ -290,10 +290,49 @@ def create_job(backend, raster: Raster, size: OutputSize, *, self_ensemble: bool
     return ImageJob(raster, size, planes, alpha)
 
 
+# --- out of memory ----------------------------------------------------------------------------
+def free_cached_memory(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class BatchSplitter:
+    """The one out-of-memory policy for a batch (CLI loop and server scheduler): halve it until
+    it fits, remember the largest size that fitted so later batches start there; a single
+    window that does not fit raises ``OutOfMemory`` (the CLI then re-plans with smaller tiles)."""
+
+    def __init__(self, device="cpu", label: str = ""):
+        self.device = device
+        self.label = label
+        self.limit: int | None = None
+
+    def run(self, run: Callable[[list], list], items: list) -> list:
+        size = min(len(items), self.limit or len(items))
+        outputs = []
+        for start in range(0, len(items), size):
+            outputs += self._split(run, items[start:start + size])
+        return outputs
+
+    def _split(self, run: Callable[[list], list], items: list) -> list:
+        try:
+            return run(items)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not is_out_of_memory(exc):
+                raise
+            free_cached_memory(self.device)
+            if len(items) == 1:
+                raise OutOfMemory(f"out of memory running one {'×'.join(map(str, items[0].shape))} window"
+                                  f"{' of ' + self.label if self.label else ''}") from None
+            half = len(items) // 2
+            self.limit = half if self.limit is None else min(self.limit, half)
+            log.warning("out of memory with %d tiles%s per batch; splitting to %d", len(items),
+                        f" of {self.label}" if self.label else "", half)
+            return self._split(run, items[:half]) + self._split(run, items[half:])
+
+
 # --- running a job in a plain loop (the CLI, evaluation) --------------------------------------
 def _free_cached_memory(backend) -> None:
-    if torch.device(getattr(backend, "device", "cpu")).type == "cuda":
-        torch.cuda.empty_cache()
+    free_cached_memory(getattr(backend, "device", "cpu"))
 
 
 def run_items(backend, items: list[WorkItem]) -> list[torch.Tensor]:
@@ -317,26 +356,20 @@ def set_degradation(backend, plane: Plane, max_pixels: int = DEGRADATION_MAX_PIX
 
 
 def run_job(backend, job: ImageJob, *, batch_size: int = 1, progress: Progress | None = None) -> ImageJob:
-    """Runs every work item of ``job`` in order. Out of memory halves the batch, then the tile,
-    and starts the image again: never a partial image."""
+    """Runs every work item of ``job`` in order. Out of memory splits the batch
+    (``BatchSplitter``); a single window that does not fit starts the image again with half the
+    tile side (``smaller_plan``): never a partial image."""
     for plane in job.planes:
         set_degradation(backend, plane)
+    splitter = BatchSplitter(getattr(backend, "device", "cpu"))
     while True:
         try:
             for plane in job.planes:
                 for items in plane.batches(batch_size):
-                    for item, out in zip(items, run_items(backend, items)):
+                    for item, out in zip(items, splitter.run(lambda chunk: run_items(backend, chunk), items)):
                         job.add(item, out)
                     if progress is not None:
                         progress(job.tiles_done, job.tiles_total)
             return job
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-            if not is_out_of_memory(exc):
-                raise
-            _free_cached_memory(backend)
-            if min(batch_size, len(job.plan)) > 1:
-                log.warning("out of memory with %d tiles per batch; retrying with %d", batch_size, batch_size // 2)
-                batch_size //= 2
-                job.replan(job.plan)
-            else:
-                job.replan(smaller_plan(job.plan, exc))
+        except OutOfMemory as exc:
+            job.replan(smaller_plan(job.plan, exc))
