@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from srserve import __version__
 
 from .config import Settings
+from .deps import no_repeated_parameters, shorten
 from .domain import InternalError, Service
 from .errors import ServiceError, error_response, service_error_response
 from .routes import system_router, upscale_router
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await service.stop()
 
     app = FastAPI(title="srserve", version=__version__, lifespan=lifespan,
+                  dependencies=[Depends(no_repeated_parameters)],
                   description="Single-image super-resolution with cross-request tile batching.")
     app.state.service = service
     if settings.cors_origins:
@@ -93,5 +95,5 @@ def install_error_handlers(app: FastAPI, service: Service) -> None:
 def _validation_message(error: dict) -> str:
     where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "body"))
     given = error.get("input")
-    suffix = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
+    suffix = f" (got {shorten(repr(given))})" if given is not None and not isinstance(given, dict) else ""
     return f"{where}: {error.get('msg', 'invalid')}{suffix}"

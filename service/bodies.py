@@ -6,7 +6,7 @@ import asyncio
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from .errors import BadImage, Cancelled, InvalidParameter, TooLarge, UnsupportedMediaType
+from .errors import BadImage, BodyTimeout, Cancelled, InvalidParameter, TooLarge, UnsupportedMediaType
 
 RAW_TYPES = ("application/octet-stream",)
 
@@ -19,32 +19,36 @@ def is_image_type(value: str) -> bool:
     return value.startswith("image/") or value in RAW_TYPES
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds ``limit`` (Content-Length first)."""
+async def read_limited(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body, refused with 413 as soon as it exceeds ``limit`` (Content-Length first) and with
+    408 when it has not fully arrived after ``timeout_s`` (a client trickling its upload)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
     chunks, total = [], 0
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise TooLarge(f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise TooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
     except ClientDisconnect:
         raise Cancelled() from None
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive within {timeout_s:g}s ({total} bytes received)") from None
     return b"".join(chunks)
 
 
-async def read_image_body(request: Request, limit: int) -> bytes:
+async def read_image_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
     """The image bytes of a raw (image/*) or multipart (field ``image``) body."""
     kind = media_type(request.headers.get("content-type"))
     if kind == "multipart/form-data":
-        return await image_from_multipart(request, await read_limited(request, limit))
+        return await image_from_multipart(request, await read_limited(request, limit, timeout_s))
     if not is_image_type(kind):
         raise UnsupportedMediaType(f"Content-Type {kind or '(none)'} is not an image; send the image bytes with "
                                    "an image/* Content-Type, or multipart/form-data with a field 'image'")
-    body = await read_limited(request, limit)
+    body = await read_limited(request, limit, timeout_s)
     if not body:
         raise BadImage("the body is empty; send the image bytes")
     return body

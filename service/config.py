@@ -64,9 +64,18 @@ class Settings(BaseSettings):
                                        "get 503")
     io_threads: int = Field(2, ge=1, description="threads decoding, composing and encoding images")
     # --- limits ---
-    request_timeout_s: float = Field(120.0, gt=0, description="deadline per request (504 after it)")
+    request_timeout_s: float = Field(120.0, gt=0, description="deadline per request once its body is read "
+                                     "(504 after it)")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest time to receive a request body (408 after it); "
+                                  "a request holds no inference slot while its body arrives")
+    header_timeout_s: float = Field(10.0, gt=0, description="longest time to receive a request's headers "
+                                    "(the connection is closed after it)")
+    max_body_readers: int = Field(256, ge=1, description="requests receiving their body at once, above which new "
+                                  "ones get 503")
     max_body_bytes: int = Field(32 << 20, ge=1, description="largest request body (413 above)")
     max_pixels: int = Field(2048 * 2048, ge=1, description="largest input in pixels, from the header (413 above)")
+    max_output_pixels: int = Field(8192 * 8192, ge=1, description="largest output in pixels, checked before any "
+                                   "work (413 above)")
     # --- access ---
     api_keys: StrList = Field(default_factory=list, description="accepted keys (Authorization: Bearer or "
                               "X-API-Key); empty = no authentication")

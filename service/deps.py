@@ -11,7 +11,21 @@ from fastapi import Query, Request
 from pydantic import BaseModel
 
 from .domain import Service
-from .errors import Unauthorized
+from .errors import InvalidParameter, Unauthorized
+
+
+def no_repeated_parameters(request: Request) -> None:
+    """422 for a query parameter given twice (``?scale=2&scale=4``) instead of silently taking one."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise InvalidParameter(f"query parameter {shorten(key)!r} is given more than once")
+        seen.add(key)
+
+
+def shorten(text: str, limit: int = 64) -> str:
+    """User input quoted in an error, cut to ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 def get_service(request: Request) -> Service:

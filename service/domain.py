@@ -40,6 +40,7 @@ class Service:
         self.state = "starting"  # -> ready | failed; ready -> draining
         self.failure = ""
         self.inflight = 0
+        self.readers = 0  # requests whose body is still arriving
         self._idle = asyncio.Event()
         self._idle.set()
         self._startup: asyncio.Task | None = None
@@ -100,6 +101,20 @@ class Service:
             raise Unavailable(code, detail, retry_after=retry)
 
     @contextmanager
+    def body_reader(self):
+        """One of ``max_body_readers`` places for a request whose body is still arriving; admission
+        to inference happens only once the body is complete (``inflight_slot``)."""
+        self.check_available()
+        if self.readers >= self.settings.max_body_readers:
+            raise Unavailable("overloaded", f"{self.readers} uploads in progress (limit "
+                              f"{self.settings.max_body_readers}); retry later", retry_after=2)
+        self.readers += 1
+        try:
+            yield
+        finally:
+            self.readers -= 1
+
+    @contextmanager
     def inflight_slot(self):
         """One of ``max_inflight_requests`` slots for the duration of a request."""
         self.check_available()
@@ -130,11 +145,14 @@ class Service:
         (the HTTP layer cancels it when the client disconnects)."""
         started = time.monotonic()
         labels = ["", ""]
-        ticket = Ticket(deadline=started + self.settings.request_timeout_s)
+        ticket = Ticket(deadline=started + self.settings.body_timeout_s + self.settings.request_timeout_s)
         try:
+            with self.body_reader():  # the upload holds no inference slot while it arrives
+                body = await read_body()
             with self.inflight_slot():
+                ticket.deadline = time.monotonic() + self.settings.request_timeout_s
                 async with asyncio.timeout(self.settings.request_timeout_s):
-                    request = UpscaleRequest(body=await read_body(), **params)
+                    request = UpscaleRequest(body=body, **params)
                     work = self.engine.upscale(
                         ticket, request, on_model=lambda m: labels.__setitem__(0, m.name),
                         on_job=lambda j: labels.__setitem__(1, str(j.size.scale)))

@@ -34,12 +34,13 @@ from srserve.export import ExportBuilder
 from srserve.models.repository import BICUBIC, Repository
 from srserve.pipeline import ImageJob, TilingRequest, create_job, set_degradation
 from srserve.pipeline.image import OutputSize, resolve_output_size
-from srserve.pipeline.imageio import MEDIA_TYPES, Raster, encode_image, output_format, read_image
+from srserve.pipeline.imageio import MEDIA_TYPES, encode_image, output_format, probe, read_image
+from srserve.pipeline.memory import release_free_memory
 from srserve.pipeline.tiling import TilingConfig, default_tiling
 
 from .batching import ImageWork, Scheduler, Ticket
 from .config import PREFERRED_DEFAULT_MODEL, ConfigError, Settings
-from .errors import InvalidParameter, Unavailable
+from .errors import InvalidParameter, TooLarge, Unavailable
 from .metrics import Metrics
 
 log = logging.getLogger("srserve.service")
@@ -264,18 +265,25 @@ class Engine:
             raise UnknownModel(f"no model {name!r}; served: {', '.join(self.models)}")
         return model
 
-    def output_size(self, model: ServedModel, raster: Raster, scale: int | None, outscale: float | None
+    def output_size(self, model: ServedModel, height: int, width: int, scale: int | None, outscale: float | None
                     ) -> OutputSize:
         if scale is None and outscale is None:
             scale = self.settings.default_scale or default_scale(model.scales)
         if scale is not None and scale not in model.scales:
             raise InvalidParameter(f"model {model.name!r} serves scales {model.scales}, not x{scale}")
-        return resolve_output_size(raster.height, raster.width, model.scales, scale=scale, outscale=outscale)
+        size = resolve_output_size(height, width, model.scales, scale=scale, outscale=outscale)
+        limit = self.settings.max_output_pixels
+        if size.width * size.height > limit:
+            raise TooLarge(f"the output would be {size.width}×{size.height} = {size.width * size.height} pixels; "
+                           f"the limit is {limit} (SR_MAX_OUTPUT_PIXELS)")
+        return size
 
     def prepare(self, model: ServedModel, request: UpscaleRequest) -> ImageJob:
-        """Decode, output size and the job's tile plan (I/O thread)."""
+        """Output size (from the header: limits before any decoding), decode, and the job's tile
+        plan (I/O thread)."""
+        width, height, _ = probe(request.body, self.settings.max_pixels)
+        size = self.output_size(model, height, width, request.scale, request.outscale)
         raster = read_image(request.body, self.settings.max_pixels)
-        size = self.output_size(model, raster, request.scale, request.outscale)
         return create_job(model.backend, raster, size, self_ensemble=request.self_ensemble,
                           tiling=model.tiling_request(size.scale))
 
@@ -320,8 +328,15 @@ class Engine:
             ticket.inference_s += time.monotonic() - started
 
 
+LARGE_OUTPUT_PIXELS = 4 << 20  # after an output this large, freed memory goes back to the OS
+
+
 def compose_and_encode(job: ImageJob, fmt: str, quality: int | None) -> bytes:
-    return encode_image(job.compose(), fmt, quality)
+    data = encode_image(job.compose(), fmt, quality)
+    if job.size.width * job.size.height >= LARGE_OUTPUT_PIXELS:
+        job.planes = []  # the float outputs: the largest buffers of the request
+        release_free_memory()
+    return data
 
 
 def _version() -> str:

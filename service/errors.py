@@ -67,6 +67,10 @@ class DeadlineExceeded(ServiceError):
     status, code = 504, "timeout"
 
 
+class BodyTimeout(ServiceError):
+    status, code = 408, "body_timeout"
+
+
 class Cancelled(Exception):
     """The client went away or the request was dropped; nothing is sent back."""
 
@@ -103,6 +107,7 @@ class ErrorBody(BaseModel):
 
 ERROR_RESPONSES = {status: {"model": ErrorBody, "description": text} for status, text in {
     400: "undecodable or corrupt image", 401: "API key missing or wrong", 404: "unknown model",
-    413: "body or pixel count over the limits", 415: "not an image media type",
+    408: "the body did not arrive within SR_BODY_TIMEOUT_S",
+    413: "body, input or output pixel count over the limits", 415: "not an image media type",
     422: "invalid parameter (e.g. a scale the model lacks)",
     503: "queue full, draining, or still starting (Retry-After)", 504: "request deadline passed"}.items()}

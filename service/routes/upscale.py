@@ -34,7 +34,8 @@ def result_headers(result: Upscaled) -> dict[str, str]:
 async def upscale(request: Request, params: UpscaleParams = Depends(upscale_params),
                   service: Service = Depends(get_service)) -> Response:
     try:
-        result = await service.upscale(lambda: read_image_body(request, service.settings.max_body_bytes),
+        settings = service.settings
+        result = await service.upscale(lambda: read_image_body(request, settings.max_body_bytes, settings.body_timeout_s),
                                        params.model_dump(), watch=lambda work: watch_disconnect(request, work))
     except Cancelled:
         return Response(status_code=CLIENT_CLOSED)

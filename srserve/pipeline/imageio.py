@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -124,18 +125,25 @@ class Raster:
 
 # --- reading ------------------------------------------------------------------------------------
 
-def _open(source) -> tuple[Image.Image, bytes]:
+def _open(source, max_pixels: int | None = None) -> tuple[Image.Image, bytes]:
     data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
     try:
         return Image.open(io.BytesIO(data)), data
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"image too large: {exc}") from None
+    except Image.DecompressionBombError:  # Pillow's own ceiling (~179 Mpx), far above any configured limit
+        limit = f"the limit is {max_pixels} pixels" if max_pixels else "too many pixels to decode"
+        raise ImageTooLarge(f"image too large: {limit}") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode image: {_reason(exc)}") from None
 
 
+OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    """The first line of a decoder's message, without object reprs (``<_io.BytesIO object at 0x…>``)."""
+    text = OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
+    if text == "cannot identify image file":
+        return "not a recognised image format (PNG, JPEG, WebP, BMP, TIFF, GIF)"
     return text.splitlines()[0][:200]
 
 
@@ -145,15 +153,21 @@ def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
 
 
 def probe(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int, str]:
-    """(width, height, format) from the header only, with the pixel limit checked."""
-    img, _ = _open(source)
+    """(width, height, format) of the decoded image (EXIF rotation applied) from the header only,
+    with the pixel limit checked."""
+    img, _ = _open(source, max_pixels)
     check_pixels(*img.size, max_pixels)
-    return img.width, img.height, img.format or "unknown"
+    try:
+        transposed = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError):
+        transposed = False
+    width, height = (img.height, img.width) if transposed else (img.width, img.height)
+    return width, height, img.format or "unknown"
 
 
 def read_image(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Raster:
     """Decodes a file path or bytes into a ``Raster`` (see the module docstring)."""
-    img, data = _open(source)
+    img, data = _open(source, max_pixels)
     check_pixels(*img.size, max_pixels)
     if getattr(img, "is_animated", False):
         raise AnimatedImageError(f"animated {img.format} images are not supported ({img.n_frames} frames); "

@@ -92,3 +92,17 @@ def auto_tile_size(model_or_backend, scale: int, margin: int, *, device: str | t
     window = math.isqrt(max(0, int(budget / per_pixel)))
     core = (window - 2 * margin) // quantum * quantum
     return max(minimum, core)
+
+
+def release_free_memory() -> bool:
+    """Returns freed heap memory to the OS (glibc ``malloc_trim``). After a large image the
+    allocator keeps its freed arenas mapped; without this a server's RSS stays at its largest
+    request's peak. False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
