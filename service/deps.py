@@ -8,9 +8,8 @@ import hmac
 from typing import Literal
 
 from fastapi import Query, Request
-from pydantic import BaseModel
-
 from .domain import Service
+from .engine import UpscaleOptions
 from .errors import InvalidParameter, Unauthorized
 
 
@@ -52,15 +51,6 @@ def authorize(request: Request) -> str | None:
     return key
 
 
-class UpscaleParams(BaseModel):
-    model: str | None = None
-    scale: int | None = None
-    outscale: float | None = None
-    self_ensemble: bool = False
-    format: str = "png"
-    quality: int | None = None
-
-
 def upscale_params(
     model: str | None = Query(None, max_length=64, description="model name (default from config)"),
     scale: int | None = Query(None, ge=1, le=16, description="native scale (default from config)"),
@@ -69,6 +59,6 @@ def upscale_params(
     self_ensemble: bool = Query(False, description="geometric self-ensemble x8 (8x the compute)"),
     format: Literal["png", "jpeg", "jpg", "webp"] = Query("png", description="output format"),
     quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (default 95/90)"),
-) -> UpscaleParams:
-    return UpscaleParams(model=model, scale=scale, outscale=outscale, self_ensemble=self_ensemble, format=format,
-                         quality=quality)
+) -> UpscaleOptions:
+    return UpscaleOptions(model=model, scale=scale, outscale=outscale, self_ensemble=self_ensemble, format=format,
+                          quality=quality)

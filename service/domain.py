@@ -17,7 +17,7 @@ from srserve.models.errors import SRError
 
 from .batching import Ticket
 from .config import Settings
-from .engine import Engine, Upscaled, UpscaleRequest
+from .engine import Engine, UpscaleOptions, Upscaled, UpscaleRequest
 from .errors import Cancelled, DeadlineExceeded, ServiceError, Unavailable, classify
 from .metrics import Metrics
 
@@ -138,7 +138,7 @@ class Service:
             self.metrics.errors.labels(reason).inc()
 
     # --- /upscale -----------------------------------------------------------------------------
-    async def upscale(self, read_body: Callable[[], Awaitable[bytes]], params: dict,
+    async def upscale(self, read_body: Callable[[], Awaitable[bytes]], options: UpscaleOptions,
                       watch: Callable[[Awaitable], Awaitable] | None = None) -> Upscaled:
         """Reads the body, runs it and records the outcome. Raises ``ServiceError`` (4xx/5xx),
         ``Cancelled`` (the client left) or ``InternalError``; ``watch`` wraps the computation
@@ -152,7 +152,7 @@ class Service:
             with self.inflight_slot():
                 ticket.deadline = time.monotonic() + self.settings.request_timeout_s
                 async with asyncio.timeout(self.settings.request_timeout_s):
-                    request = UpscaleRequest(body=body, **params)
+                    request = UpscaleRequest.of(body, options)
                     work = self.engine.upscale(
                         ticket, request, on_model=lambda m: labels.__setitem__(0, m.name),
                         on_job=lambda j: labels.__setitem__(1, str(j.size.scale)))

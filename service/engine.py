@@ -20,6 +20,7 @@ scale, so there the scales keep separate queues.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -135,16 +136,24 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
-class UpscaleRequest:
-    """What a client asks for, as the engine needs it (the HTTP layer has validated the types)."""
+class UpscaleOptions:
+    """What a client asks for besides the image (the HTTP layer has validated the types)."""
 
-    body: bytes
     model: str | None = None
     scale: int | None = None
     outscale: float | None = None
     self_ensemble: bool = False
     format: str = "png"
     quality: int | None = None
+
+
+@dataclass(frozen=True)
+class UpscaleRequest(UpscaleOptions):
+    body: bytes = b""
+
+    @classmethod
+    def of(cls, body: bytes, options: UpscaleOptions) -> "UpscaleRequest":
+        return cls(body=body, **dataclasses.asdict(options))
 
 
 @dataclass

@@ -2,6 +2,7 @@
 running in-process (httpx over ASGI) with its lifespan, and PNG decoding."""
 from __future__ import annotations
 
+import asyncio
 import io
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -113,3 +114,14 @@ def metric_sum(text: str, name: str, **labels) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += float(sample.value)
     return total
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def big_header_png(width: int, height: int) -> bytes:
+    """A valid, tiny PNG file of a huge 1-bit image (the pixel limit must come from the header)."""
+    buf = io.BytesIO()
+    Image.new("1", (width, height)).save(buf, "PNG")
+    return buf.getvalue()

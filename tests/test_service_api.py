@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from service_fixtures import (MODELS, TILE, decode, encode, image_array, image_bytes, make_repository, max_diff,
-                              metric, metric_sum, mixed_requests, running_app, service_settings)
+from service_fixtures import (MODELS, TILE, big_header_png, decode, encode, image_array, image_bytes, make_repository,
+                              max_diff, metric, metric_sum, mixed_requests, run, running_app, service_settings)
 from srserve.backends import TorchBackend
 from srserve.models.repository import Repository
 from srserve.pipeline.image import OutputSize, upscale_raster
@@ -24,10 +24,6 @@ PNG = {"Content-Type": "image/png"}
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     return make_repository(tmp_path_factory.mktemp("service-repo"))
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 async def post(client, query: str, body: bytes, headers=PNG, **kw):
@@ -167,13 +163,6 @@ def test_dasr_degradation_once_per_image(repo, monkeypatch):
 
 
 # --- errors ---------------------------------------------------------------------------------------
-
-def big_header_png(width: int, height: int) -> bytes:
-    """A valid, tiny PNG file of a huge 1-bit image (the pixel limit must come from the header)."""
-    buf = io.BytesIO()
-    Image.new("1", (width, height)).save(buf, "PNG")
-    return buf.getvalue()
-
 
 def test_error_statuses(repo):
     good = image_bytes(20, 20)
@@ -333,7 +322,7 @@ def test_client_disconnect_drops_queued_tiles(repo):
             from srserve.service.engine import UpscaleRequest
 
             ticket = Ticket(deadline=1e18)
-            request = UpscaleRequest(image_bytes(64, 64), model="rrdb2", scale=2, self_ensemble=True)
+            request = UpscaleRequest(body=image_bytes(64, 64), model="rrdb2", scale=2, self_ensemble=True)
             work = engine.upscale(ticket, request)
             with pytest.raises(Cancelled):
                 await watch_disconnect(GoneClient(), work)

@@ -5,7 +5,6 @@ repeated query parameter is refused."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import socket
 import subprocess
@@ -14,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from conftest import free_port, wait_until
-from service_fixtures import image_bytes, make_repository, running_app, service_settings
+from service_fixtures import big_header_png, image_bytes, make_repository, run, running_app, service_settings
 
 PNG = {"Content-Type": "image/png"}
 
@@ -25,16 +23,6 @@ PNG = {"Content-Type": "image/png"}
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     return make_repository(tmp_path_factory.mktemp("repo"))
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-def header_only_png(width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("1", (width, height)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_output_size_is_limited_before_any_work(repo):
@@ -58,7 +46,7 @@ def test_error_details_are_clean(repo):
     async def scenario():
         async with running_app(service_settings(repo, max_pixels=1000)) as (_, client):
             garbage = await client.post("/upscale?model=edsr", content=b"not an image" * 20, headers=PNG)
-            bomb = await client.post("/upscale?model=edsr", content=header_only_png(20000, 10000), headers=PNG)
+            bomb = await client.post("/upscale?model=edsr", content=big_header_png(20000, 10000), headers=PNG)
             repeated = await client.post("/upscale?model=edsr&scale=2&scale=4", content=image_bytes(8, 8),
                                          headers=PNG)
             long_name = await client.post("/upscale?model=" + "m" * 10_000, content=image_bytes(8, 8), headers=PNG)

@@ -5,9 +5,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ..bodies import read_image_body, watch_disconnect
-from ..deps import UpscaleParams, authorize, get_service, upscale_params
+from ..deps import authorize, get_service, upscale_params
 from ..domain import CLIENT_CLOSED, Service
-from ..engine import Upscaled
+from ..engine import UpscaleOptions, Upscaled
 from ..errors import ERROR_RESPONSES, Cancelled, ServiceError, service_error_response
 
 RESULT_HEADERS = ["X-Model", "X-Scale", "X-Backend", "X-Inference-Ms", "X-Output-Size"]
@@ -31,12 +31,12 @@ def result_headers(result: Upscaled) -> dict[str, str]:
              responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
                               "description": "the upscaled image; headers " + ", ".join(RESULT_HEADERS)},
                         **ERROR_RESPONSES})
-async def upscale(request: Request, params: UpscaleParams = Depends(upscale_params),
+async def upscale(request: Request, options: UpscaleOptions = Depends(upscale_params),
                   service: Service = Depends(get_service)) -> Response:
     try:
         settings = service.settings
         result = await service.upscale(lambda: read_image_body(request, settings.max_body_bytes, settings.body_timeout_s),
-                                       params.model_dump(), watch=lambda work: watch_disconnect(request, work))
+                                       options, watch=lambda work: watch_disconnect(request, work))
     except Cancelled:
         return Response(status_code=CLIENT_CLOSED)
     except ServiceError as err:  # recorded by the service already
