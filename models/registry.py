@@ -4,12 +4,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import dasr, edsr, mdsr, rrdbnet, vdsr
+from . import dasr, edsr, hat, mdsr, rrdbnet, span, srvgg, swinir, vdsr
 from .errors import SRError
 from .spec import ArchSpec
 
+# Detection tries them in this order; each detector requires keys no other family has (HAT's
+# groups hold conv_block/overlap_attn, which SwinIR's detector refuses), so the order only
+# matters for speed: our own families first, then the community ones.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    spec.name: spec for spec in (vdsr.SPEC, edsr.SPEC, mdsr.SPEC, rrdbnet.SPEC, dasr.SPEC)
+    spec.name: spec for spec in (vdsr.SPEC, edsr.SPEC, mdsr.SPEC, rrdbnet.SPEC, dasr.SPEC, srvgg.SPEC, span.SPEC,
+                                 hat.SPEC, swinir.SPEC)
 }
 
 
