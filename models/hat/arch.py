@@ -31,6 +31,11 @@ DERIVED_BUFFERS = ("relative_position_index_SA", "relative_position_index_OCA")
 # LR pixels: larger than any image served (the server's default limit is 2048² pixels), so an
 # exact plan (margin >= radius) gives every tile the whole image.
 WHOLE_IMAGE = float(1 << 16)
+# HAT (-M) x4 as released, the constructor's defaults; stored hparams may omit any of them
+DEFAULTS = {"num_in_ch": 3, "embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 16,
+            "compress_ratio": 3, "squeeze_factor": 30, "conv_scale": 0.01, "overlap_ratio": 0.5, "mlp_ratio": 2.0,
+            "qkv_bias": True, "patch_norm": True, "resi_connection": "1conv", "upsampler": "pixelshuffle",
+            "scale": 4, "num_feat": 64, "img_range": 1.0}
 
 
 def overlap_window(ws: int, overlap_ratio: float) -> int:
@@ -249,9 +254,10 @@ def hat_activation_maps(h: dict, scale: int) -> float:
     """Per LR pixel in the busiest block: window attention (2·heads·ws² logits + softmax) or the
     OCAB (2·heads·ows² and the unfolded keys/values 2·C·(ows/ws)²), plus q/k/v, the residual
     stream, norms, the CAB and the MLP; or the HR head."""
+    h = {**DEFAULTS, **h}
     c, heads, ws = h["embed_dim"], max(h["num_heads"]), h["window_size"]
     ows = overlap_window(ws, h["overlap_ratio"])
     attention = max(2 * heads * ws * ws, 2 * heads * ows * ows + 2 * c * (ows / ws) ** 2)
     body = attention + 8 * c + c * h["mlp_ratio"] + ws * ws
-    head = 3 * h.get("num_feat", 64) * scale * scale
+    head = 3 * h["num_feat"] * scale * scale
     return max(body, head) + 6 * scale * scale + 3

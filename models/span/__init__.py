@@ -1,7 +1,7 @@
 """SPAN (Wan et al., CVPR-W 2024). Keys as in hongyuanyu/SPAN ``spanx{2,4}_ch{48,52}.pth``; the
 re-parameterised ``eval_conv`` kernels are folded again from their branches on import."""
 from ..spec import ArchSpec, InputConvention
-from .arch import SPAN, convert_span, detect_span, span_activation_maps, span_receptive_radius
+from .arch import DEFAULTS, SPAN, convert_span, detect_span, span_activation_maps, span_receptive_radius
 
 SPEC = ArchSpec(
     name="span",
@@ -9,8 +9,7 @@ SPEC = ArchSpec(
     detect=detect_span,
     receptive_radius=span_receptive_radius,
     convention=InputConvention(value_range=1.0, color="rgb"),
-    default_hparams={"num_in_ch": 3, "num_out_ch": 3, "feature_channels": 48, "scale": 4, "norm": True,
-                     "img_range": 255.0},
+    default_hparams=DEFAULTS,
     convert=convert_span,
     description="Swift parameter-free attention network: six blocks of re-parameterised 3x3 convs with "
                 "sigmoid attention, pixel shuffle",

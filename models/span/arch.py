@@ -22,6 +22,8 @@ from ..common import DIV2K_RGB_MEAN
 
 NUM_BLOCKS = 6
 GAIN = 2  # width multiplier of the 1×1 → 3×3 → 1×1 branch
+# spanx4_ch48, the constructor's defaults
+DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "feature_channels": 48, "scale": 4, "norm": True, "img_range": 255.0}
 
 
 class Conv3XC(nn.Module):
@@ -141,5 +143,5 @@ def span_receptive_radius(h: dict) -> float:
 def span_activation_maps(h: dict, scale: int) -> float:
     """The four maps kept for the concatenation, its copy, a block's temporaries (conv input,
     out1, SiLU, out3, attention); at the end the 3s² conv output and its shuffled copy."""
-    f = h.get("feature_channels", 48)
+    f = {**DEFAULTS, **h}["feature_channels"]
     return max(4 * f + 4 * f + 5 * f, 4 * f + 6 * scale * scale) + 3

@@ -1,7 +1,7 @@
 """Real-ESRGAN SRVGGNetCompact (Wang et al., 2021; the "compact" models). Keys as in Real-ESRGAN's
 ``realesr-general-x4v3.pth`` / ``realesr-animevideov3.pth`` (``body.{i}``, under ``params``)."""
 from ..spec import ArchSpec, InputConvention
-from .arch import NO_WEIGHTS_ACTIVATION, SRVGGNetCompact, detect_srvgg, srvgg_activation_maps, srvgg_receptive_radius
+from .arch import DEFAULTS, NO_WEIGHTS_ACTIVATION, SRVGGNetCompact, detect_srvgg, srvgg_activation_maps, srvgg_receptive_radius
 
 SPEC = ArchSpec(
     name="srvgg",
@@ -9,9 +9,7 @@ SPEC = ArchSpec(
     detect=detect_srvgg,
     receptive_radius=srvgg_receptive_radius,
     convention=InputConvention(value_range=1.0, color="rgb"),
-    default_hparams={"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_conv": 16, "scale": 4,
-                     "act_type": "prelu"},
-    fp16_safe=False,
+    default_hparams=DEFAULTS,
     description="Real-ESRGAN compact: VGG-style 3x3 convs at LR size, pixel shuffle + nearest-upsampled input",
     activation_maps=srvgg_activation_maps,
     license="BSD-3-Clause (xinntao/Real-ESRGAN)",

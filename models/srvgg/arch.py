@@ -20,6 +20,8 @@ ACTIVATIONS = ("prelu", "relu", "leakyrelu")
 # community's) uses PReLU, which the weights do show, so this only matters for home-trained ones.
 NO_WEIGHTS_ACTIVATION = "relu"
 KEY = re.compile(r"body\.(\d+)\.(weight|bias)$")
+# realesr-animevideov3 (x4, 16 convs), the constructor's defaults
+DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_conv": 16, "scale": 4, "act_type": "prelu"}
 
 
 def activation(act_type: str, num_feat: int) -> nn.Module:
@@ -79,11 +81,11 @@ def detect_srvgg(sd: dict) -> dict | None:
 
 def srvgg_receptive_radius(h: dict) -> float:
     """The first conv, ``num_conv`` body convs and the last conv, all 3×3 at LR size."""
-    return float(h["num_conv"] + 2)
+    return float({**DEFAULTS, **h}["num_conv"] + 2)
 
 
 def srvgg_activation_maps(h: dict, scale: int) -> float:
     """Body: a conv's input and output plus the (not in-place) activation output; the end: the
     last conv's 3s² channels, the shuffled copy, the nearest-upsampled input and the sum."""
-    f = h.get("num_feat", 64)
+    f = {**DEFAULTS, **h}["num_feat"]
     return max(3 * f, 12 * scale * scale) + 3

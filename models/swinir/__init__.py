@@ -1,8 +1,8 @@
 """SwinIR (Liang et al., ICCV-W 2021). Keys as in JingyunLiang/SwinIR's classical
 (``params``), lightweight (``params``) and real-world (``params_ema``) releases."""
 from ..spec import ArchSpec, InputConvention
-from .arch import (SwinIR, convert_swinir, detect_swinir, swinir_activation_maps, swinir_receptive_radius,
-                   window_effective_radius)
+from .arch import (DEFAULTS, SwinIR, convert_swinir, detect_swinir, swinir_activation_maps, swinir_receptive_radius,
+                   window_alignment, window_effective_radius)
 
 SPEC = ArchSpec(
     name="swinir",
@@ -10,13 +10,11 @@ SPEC = ArchSpec(
     detect=detect_swinir,
     receptive_radius=swinir_receptive_radius,
     convention=InputConvention(value_range=1.0, color="rgb"),
-    default_hparams={"num_in_ch": 3, "embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 8,
-                     "mlp_ratio": 2.0, "qkv_bias": True, "patch_norm": True, "resi_connection": "1conv",
-                     "upsampler": "pixelshuffle", "scale": 2, "num_feat": 64, "img_range": 1.0},
+    default_hparams=DEFAULTS,
     convert=convert_swinir,
     description="Swin Transformer for image restoration: shifted-window attention groups; classical, "
                 "lightweight and real-world SR heads",
-    tile_alignment=lambda h, scale: int(h["window_size"]),
+    tile_alignment=window_alignment,
     effective_radius=window_effective_radius,
     activation_maps=swinir_activation_maps,
     license="Apache-2.0 (JingyunLiang/SwinIR)",

@@ -32,6 +32,10 @@ from .attention import (PatchEmbed, ResidualGroup, SwinBlock, conv_channels_last
                         relative_position_index, residual_conv, shifted_window_mask, window_size_of)
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv")
+# SwinIR-M classical x2, the constructor's defaults; stored hparams may omit any of them
+DEFAULTS = {"num_in_ch": 3, "embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 8,
+            "mlp_ratio": 2.0, "qkv_bias": True, "patch_norm": True, "resi_connection": "1conv",
+            "upsampler": "pixelshuffle", "scale": 2, "num_feat": 64, "img_range": 1.0}
 BLOCK = "layers.{}.residual_group.blocks.{}."
 DERIVED_BUFFERS = ("attn.relative_position_index", "attn_mask")
 
@@ -169,12 +173,14 @@ def reconstruction_of(sd: dict) -> dict:
 def swinir_receptive_radius(h: dict) -> float:
     """Theoretical radius in LR pixels: a window lets a token see ws-1 pixels away, once per Swin
     block (the shifted ones included); plus the convolutions (3×3: 1, ``3conv``: 2) and the head."""
+    h = {**DEFAULTS, **h}
     convs = 1 if h["resi_connection"] == "1conv" else 2
     body = 1 + sum(d * (h["window_size"] - 1) + convs for d in h["depths"]) + convs
     return body + head_radius(h)
 
 
 def head_radius(h: dict) -> float:
+    h = {**DEFAULTS, **h}
     s = h["scale"]
     if h["upsampler"] == "pixelshuffledirect":
         return 1.0
@@ -186,18 +192,25 @@ def head_radius(h: dict) -> float:
 def window_effective_radius(h: dict, scale: int) -> float:
     """Context for blended tiles, in windows: 2 plus one per three residual groups (SwinIR-S/M
     4 windows = 32 px at ws 8, the overlap of the official tiled test; SwinIR-L 5; HAT-L 6)."""
+    h = {**DEFAULTS, **h}
     return h["window_size"] * (2 + math.ceil(len(h["depths"]) / 3))
+
+
+def window_alignment(h: dict, scale: int) -> int:
+    """Tiles start and end on the window grid, as the padded whole image does."""
+    return int({**DEFAULTS, **h}["window_size"])
 
 
 def swinir_activation_maps(h: dict, scale: int) -> float:
     """Per LR pixel in the busiest block: the attention logits and their softmax (2·heads·ws²),
     q/k/v, the residual stream, its norm and the attention output (7·C), the MLP hidden layer
     and the shift mask; or the HR head (its 64-wide maps at the last sub-pixel stage)."""
+    h = {**DEFAULTS, **h}
     c, heads, n = h["embed_dim"], max(h["num_heads"]), h["window_size"] ** 2
     body = 2 * heads * n + 7 * c + c * h["mlp_ratio"] + n
     s = scale
     if h["upsampler"] == "pixelshuffledirect":
         head = c + 6 * s * s
     else:
-        head = 3 * h.get("num_feat", 64) * s * s
+        head = 3 * h["num_feat"] * s * s
     return max(body, head) + 6 * s * s + 3
