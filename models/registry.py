@@ -52,13 +52,17 @@ class WeightsMismatch(SRError, ValueError):
     """Weights whose names or shapes do not fit the architecture (a user-input error, one line)."""
 
 
+class UnknownHyperParameter(SRError, ValueError):
+    """An explicit hyper-parameter the architecture does not have (one line, before any build)."""
+
+
 def load_network(state_dict: dict, arch: str = "auto", hparams: dict | None = None) -> tuple[str, dict, nn.Module]:
     """Converts ``state_dict`` to our layout, detects what is missing, builds and loads strictly."""
     try:
         return _load_network(state_dict, arch, hparams)
     except SRError:
         raise
-    except (ValueError, KeyError, IndexError, RuntimeError) as exc:  # malformed shapes in detect/build/load
+    except (ValueError, KeyError, IndexError, RuntimeError, TypeError) as exc:  # malformed shapes or hparams
         named = "" if arch == "auto" else f"{arch} "
         raise WeightsMismatch(f"{named}weights do not fit: {' '.join(str(exc).split())[:300]}") from None
 
@@ -70,8 +74,12 @@ def _load_network(state_dict: dict, arch: str, hparams: dict | None) -> tuple[st
         detected = get_spec(arch).detect(get_spec(arch).convert(state_dict))
         if detected is None:
             raise UnknownArchitecture(f"these weights are not a {arch} checkpoint")
-    hparams = {**detected, **(hparams or {})}
     spec = get_spec(arch)
+    unknown = sorted(set(hparams or {}) - set(spec.default_hparams) - set(detected))
+    if unknown:
+        known = ", ".join(dict.fromkeys([*detected, *spec.default_hparams]))
+        raise UnknownHyperParameter(f"{arch} has no hyper-parameter {', '.join(map(repr, unknown))} (it has: {known})")
+    hparams = {**detected, **(hparams or {})}
     net = build_network(arch, hparams)
     converted = spec.convert(state_dict)
     # MeanShift constants are fixed; accept checkpoints that omit them
