@@ -106,13 +106,13 @@ class SPAN(nn.Module):
         if self.norm:
             x = (x - self.mean) * self.img_range
         first = self.conv_1(x)
-        out, out1 = first, None
-        outputs = []
+        out = block_1_out = first
         for i in range(1, NUM_BLOCKS + 1):
             out, out1 = getattr(self, f"block_{i}")(out)
-            outputs.append(out)
-        # the concatenation takes block 1's output and block 6's first-conv output
-        cat = torch.cat([first, self.conv_2(out), outputs[0], out1], dim=1)
+            if i == 1:
+                block_1_out = out
+        # the concatenation takes block 1's output and the last block's first-conv output
+        cat = torch.cat([first, self.conv_2(out), block_1_out, out1], dim=1)
         return self.upsampler(self.conv_cat(cat))
 
 

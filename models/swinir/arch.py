@@ -139,7 +139,7 @@ def detect_swinir(sd: dict) -> dict | None:
         raise UnsupportedVariant("SwinIR with an absolute position embedding (fixed image size) is not served")
     embed_dim = sd["conv_first.weight"].shape[0]
     groups = count_indexed(sd, "layers.{}.residual_group.blocks.0.norm1.weight")
-    hparams = {
+    return {
         "num_in_ch": sd["conv_first.weight"].shape[1],
         "embed_dim": embed_dim,
         "depths": [count_indexed(sd, BLOCK.format(i, "{}") + "norm1.weight") for i in range(groups)],
@@ -152,7 +152,6 @@ def detect_swinir(sd: dict) -> dict | None:
         **reconstruction_of(sd),
         "img_range": 1.0,
     }
-    return hparams
 
 
 def reconstruction_of(sd: dict) -> dict:
