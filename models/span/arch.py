@@ -141,7 +141,8 @@ def span_receptive_radius(h: dict) -> float:
 
 
 def span_activation_maps(h: dict, scale: int) -> float:
-    """The four maps kept for the concatenation, its copy, a block's temporaries (conv input,
-    out1, SiLU, out3, attention); at the end the 3s² conv output and its shuffled copy."""
+    """At the end the four maps kept for the concatenation, its copy and conv_cat's output (9F);
+    in a block two kept maps and five temporaries (7F); then the 3s² conv output and its shuffled
+    copy. Measured: ``bench/tiling.py``, BENCHMARKS.md."""
     f = {**DEFAULTS, **h}["feature_channels"]
-    return max(4 * f + 4 * f + 5 * f, 4 * f + 6 * scale * scale) + 3
+    return max(9 * f, f + 6 * scale * scale) + 3

@@ -201,12 +201,13 @@ def window_alignment(h: dict, scale: int) -> int:
 
 
 def swinir_activation_maps(h: dict, scale: int) -> float:
-    """Per LR pixel in the busiest block: the attention logits and their softmax (2·heads·ws²),
-    q/k/v, the residual stream, its norm and the attention output (7·C), the MLP hidden layer
-    and the shift mask; or the HR head (its 64-wide maps at the last sub-pixel stage)."""
+    """Per LR pixel in the busiest block: the attention logits, their biased/masked copy and the
+    softmax (3·heads·ws²), q/k/v and their per-head copies, the residual stream, its norm and the
+    attention output (8·C), the MLP hidden layer and the shift mask; or the HR head (its 64-wide
+    maps at the last sub-pixel stage). Measured: ``bench/tiling.py``, BENCHMARKS.md."""
     h = {**DEFAULTS, **h}
     c, heads, n = h["embed_dim"], max(h["num_heads"]), h["window_size"] ** 2
-    body = 2 * heads * n + 7 * c + c * h["mlp_ratio"] + n
+    body = 3 * heads * n + 8 * c + c * h["mlp_ratio"] + n
     s = scale
     if h["upsampler"] == "pixelshuffledirect":
         head = c + 6 * s * s
