@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from community_checkpoints import (fill, hat_layout, span_layout, span_ref, srvgg_layout, srvgg_ref, swinir_layout,
                                    transformer_ref)
@@ -147,8 +148,6 @@ def test_stored_layout_round_trips(repo):
     """What the repository stores (our layout, derived buffers gone) is detected as itself."""
     for name in TINY:
         entry = repo.get(name)
-        from safetensors.torch import load_file
-
         stored = load_file(str(entry.path / entry.weights[0].file))
         arch, hparams, _ = load_network(stored)
         assert arch == entry.architecture and hparams == entry.weights[0].hparams
