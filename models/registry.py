@@ -4,12 +4,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import dasr, edsr, mdsr, rrdbnet, vdsr
+from . import dasr, edsr, hat, mdsr, rrdbnet, span, srvgg, swinir, vdsr
 from .errors import SRError
 from .spec import ArchSpec
 
+# Detection tries them in this order; each detector requires keys no other family has (HAT's
+# groups hold conv_block/overlap_attn, which SwinIR's detector refuses), so the order only
+# matters for speed: our own families first, then the community ones.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    spec.name: spec for spec in (vdsr.SPEC, edsr.SPEC, mdsr.SPEC, rrdbnet.SPEC, dasr.SPEC)
+    spec.name: spec for spec in (vdsr.SPEC, edsr.SPEC, mdsr.SPEC, rrdbnet.SPEC, dasr.SPEC, srvgg.SPEC, span.SPEC,
+                                 hat.SPEC, swinir.SPEC)
 }
 
 
@@ -48,13 +52,17 @@ class WeightsMismatch(SRError, ValueError):
     """Weights whose names or shapes do not fit the architecture (a user-input error, one line)."""
 
 
+class UnknownHyperParameter(SRError, ValueError):
+    """An explicit hyper-parameter the architecture does not have (one line, before any build)."""
+
+
 def load_network(state_dict: dict, arch: str = "auto", hparams: dict | None = None) -> tuple[str, dict, nn.Module]:
     """Converts ``state_dict`` to our layout, detects what is missing, builds and loads strictly."""
     try:
         return _load_network(state_dict, arch, hparams)
     except SRError:
         raise
-    except (ValueError, KeyError, IndexError, RuntimeError) as exc:  # malformed shapes in detect/build/load
+    except (ValueError, KeyError, IndexError, RuntimeError, TypeError) as exc:  # malformed shapes or hparams
         named = "" if arch == "auto" else f"{arch} "
         raise WeightsMismatch(f"{named}weights do not fit: {' '.join(str(exc).split())[:300]}") from None
 
@@ -66,8 +74,12 @@ def _load_network(state_dict: dict, arch: str, hparams: dict | None) -> tuple[st
         detected = get_spec(arch).detect(get_spec(arch).convert(state_dict))
         if detected is None:
             raise UnknownArchitecture(f"these weights are not a {arch} checkpoint")
-    hparams = {**detected, **(hparams or {})}
     spec = get_spec(arch)
+    unknown = sorted(set(hparams or {}) - set(spec.default_hparams) - set(detected))
+    if unknown:
+        known = ", ".join(dict.fromkeys([*detected, *spec.default_hparams]))
+        raise UnknownHyperParameter(f"{arch} has no hyper-parameter {', '.join(map(repr, unknown))} (it has: {known})")
+    hparams = {**detected, **(hparams or {})}
     net = build_network(arch, hparams)
     converted = spec.convert(state_dict)
     # MeanShift constants are fixed; accept checkpoints that omit them

@@ -36,7 +36,7 @@ from srserve.models.repository import BICUBIC, Repository
 from srserve.pipeline import ImageJob, TilingRequest, create_job, set_degradation
 from srserve.pipeline.image import OutputSize, resolve_output_size
 from srserve.pipeline.imageio import MEDIA_TYPES, encode_image, output_format, probe, read_image
-from srserve.pipeline.memory import release_free_memory
+from srserve.pipeline.memory import auto_tile_size, release_free_memory
 from srserve.pipeline.tiling import TilingConfig, default_tiling
 
 from .batching import ImageWork, Scheduler, Ticket
@@ -52,7 +52,8 @@ WARMUP_SIDE = 32  # LR side of the warm-up windows of shape-agnostic engines
 class ServedModel:
     """One loaded model: backend, per-scale tiling, and how a batch of its tiles runs."""
 
-    def __init__(self, backend, tile_size: int | None, cross_scale: bool, uniform_windows: bool = True):
+    def __init__(self, backend, tile_size: int | None, cross_scale: bool, uniform_windows: bool = True,
+                 batch: int = 1):
         self.backend = backend
         self.loaded = backend.model
         self.name = self.loaded.name
@@ -61,10 +62,17 @@ class ServedModel:
         self.precision = backend.precision
         self.scales = list(self.loaded.scales)
         self.tiling: dict[int, TilingConfig] = {s: default_tiling(backend, s) for s in self.scales}
-        self.tile_size = {s: int(tile_size or cfg.tile_size) for s, cfg in self.tiling.items()}
+        self.tile_size = {s: int(tile_size or self._fitting_tile(s, batch)) for s in self.scales}
         self.uniform_windows = bool(tile_size) or uniform_windows
         self.shared_body = self._shared_body() if cross_scale else None
         self.cross_scale = self.shared_body is not None
+
+    def _fitting_tile(self, scale: int, batch: int) -> int:
+        """The architecture's default tile, smaller where a batch of its windows would not fit
+        in memory (transformers' default windows are hundreds of pixels wide)."""
+        cfg = self.tiling[scale]
+        fits = auto_tile_size(self.backend, scale, cfg.margin, device=self.backend.device, batch=batch)
+        return max(cfg.align, min(cfg.tile_size, fits) // cfg.align * cfg.align)
 
     def _shared_body(self):
         if self.backend_name != "torch" or self.precision != "fp32" or len(self.scales) < 2:
@@ -228,7 +236,7 @@ class Engine:
             started = time.monotonic()
             backend = create_model_backend(name, self.settings, self.repository)
             self.models[name] = ServedModel(backend, self.settings.tile_size, self.settings.mdsr_cross_scale,
-                                            uniform_windows=self.batching_pays)
+                                            uniform_windows=self.batching_pays, batch=self.settings.batch_tiles)
             log.info("loaded %s (%s %s, scales %s) on %s in %.1fs", name, backend.name, backend.precision,
                      self.models[name].scales, self.device, time.monotonic() - started)
         self.default_model = self.settings.default_model or (

@@ -125,3 +125,19 @@ def big_header_png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("1", (width, height)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def pipeline_result(repo, name: str, scale: int, body: bytes, self_ensemble: bool = False) -> np.ndarray:
+    """What ``srserve upscale`` computes with the same tiles (the reference for the server)."""
+    from srserve.backends import TorchBackend
+    from srserve.models.repository import Repository
+    from srserve.pipeline.image import OutputSize, upscale_raster
+    from srserve.pipeline.imageio import read_image
+    from srserve.pipeline.tiling import default_tiling
+
+    backend = TorchBackend(Repository(repo).load(name))
+    raster = read_image(body)
+    cfg = default_tiling(backend, scale)
+    out = upscale_raster(backend, raster, OutputSize(scale, raster.height * scale, raster.width * scale),
+                         tile=TILE, margin=cfg.margin, feather=cfg.feather, self_ensemble=self_ensemble)
+    return out.pixels.astype(np.int16)

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from service_fixtures import (MODELS, TILE, big_header_png, decode, encode, image_array, image_bytes, make_repository,
-                              max_diff, metric, metric_sum, mixed_requests, run, running_app, service_settings)
+                              max_diff, metric, metric_sum, mixed_requests, pipeline_result, run, running_app,
+                              service_settings)
 from srserve.backends import TorchBackend
 from srserve.models.repository import Repository
 from srserve.pipeline.image import OutputSize, upscale_raster
@@ -31,18 +32,6 @@ async def post(client, query: str, body: bytes, headers=PNG, **kw):
 
 
 # --- results --------------------------------------------------------------------------------------
-
-def pipeline_result(repo, name: str, scale: int, body: bytes, self_ensemble: bool = False) -> np.ndarray:
-    """What ``srserve upscale`` computes with the same tiles (the reference for the server)."""
-    from srserve.pipeline.tiling import default_tiling
-
-    backend = TorchBackend(Repository(repo).load(name))
-    raster = read_image(body)
-    cfg = default_tiling(backend, scale)
-    out = upscale_raster(backend, raster, OutputSize(scale, raster.height * scale, raster.width * scale),
-                         tile=TILE, margin=cfg.margin, feather=cfg.feather, self_ensemble=self_ensemble)
-    return out.pixels.astype(np.int16)
-
 
 @pytest.mark.parametrize("name,scale,self_ensemble", [
     ("edsr", 2, False), ("mdsr", 3, False), ("dasr", 2, False), ("vdsr", 4, False), ("rrdb2", 2, False),

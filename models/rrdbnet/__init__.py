@@ -30,7 +30,7 @@ SPEC = ArchSpec(
     effective_radius=lambda h, scale: EFFECTIVE_TRUNK_RADIUS * UNSHUFFLE[int(scale)],
     activation_maps=rrdbnet_activation_maps,
     paper=PaperResult("RRDB (ESRGAN, PSNR)", {("Set5", 4): 32.73, ("Set14", 4): 28.99}),
-    license="Apache-2.0 (xinntao/ESRGAN, Real-ESRGAN)",
+    license="Apache-2.0 (xinntao/ESRGAN); BSD-3-Clause (xinntao/Real-ESRGAN)",
     checkpoints="ESRGAN RRDB_*.pth (old and new layouts), Real-ESRGAN RealESRGAN_x{4,2}plus.pth, RealESRNet_x4plus.pth "
                 "(params_ema)",
 )

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 HELP = "import a checkpoint (.pt/.pth/.safetensors) into the model repository"
 
-EPILOG = """supported checkpoints (official file names):
+EPILOG = """supported checkpoints (official file names; every accepted file: srserve list --architectures):
   EDSR-PyTorch   edsr_baseline_x{2,3,4}-*.pt, edsr_x{2,3,4}-*.pt, mdsr_baseline-*.pt, mdsr-*.pt
   ESRGAN         RRDB_ESRGAN_x4.pth, RRDB_PSNR_x4.pth (and *_old_arch.pth)
   Real-ESRGAN    RealESRGAN_x4plus.pth, RealESRGAN_x2plus.pth, BasicSR params/params_ema files
+                 realesr-general-x4v3.pth, realesr-animevideov3.pth (compact, SRVGGNetCompact)
   DASR           model_600.pt (LongguangWang/DASR)
   pytorch-vdsr   model_epoch_50.pth (a pickled module, read without running pickled code)
+  SwinIR         001_classicalSR_*, 002_lightweightSR_*, 003_realSR_* (.pth, params / params_ema)
+  HAT            HAT-S_SRx*.pth, HAT_SRx*.pth, HAT-L_SRx*.pth, Real_HAT_GAN_SRx4.pth
+  SPAN           spanx{2,4}_ch{48,52}.pth
 formats: safetensors, PyTorch zip and legacy files; 'module.' prefixes and trainer wrappers are removed."""
 
 
@@ -28,6 +32,9 @@ def add_arguments(p) -> None:
                    help="architecture (default: detected from the weights; `srserve list --architectures` lists them)")
     p.add_argument("--scale", type=int, metavar="S",
                    help="check the detected scale (VDSR, which is scale-agnostic: serve only this scale)")
+    p.add_argument("--hparams", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="hyper-parameters the weights cannot show, e.g. act_type=leakyrelu for a compact model "
+                        "without PReLU (values: JSON numbers/lists/booleans, or plain strings)")
     p.add_argument("--license", metavar="TEXT", help="licence of the weights, stored in model.json")
     p.add_argument("--provenance", metavar="TEXT", help="where the weights come from, stored in model.json")
     p.add_argument("--description", metavar="TEXT", help="one-line description (default: the architecture's)")
@@ -43,11 +50,13 @@ def run(args) -> int:
     if args.arch != "auto":
         get_spec(args.arch)  # unknown names fail here, with the list of known ones
     path = Path(args.checkpoint)
+    overrides = parse_hparams(args.hparams or [])
     state = load_checkpoint(path)
-    arch, hparams, net = load_network(state, args.arch)
+    arch, hparams, net = load_network(state, args.arch, overrides)
     hparams = apply_scale(arch, hparams, args.scale)
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"detected: {arch} {format_hparams(hparams)}")
+    given = f" (given: {', '.join(overrides)})" if overrides else ""
+    print(f"detected: {arch} {format_hparams(hparams)}{given}")
     print(f"scales: {', '.join(f'x{s}' for s in scales_of(arch, hparams))}; "
           f"{n_params:,} parameters ({n_params / 1e6:.2f} M)")
     entry = Repository(args.repository).add_weights(
@@ -78,6 +87,24 @@ def apply_scale(arch: str, hparams: dict, scale: int | None) -> dict:
         raise CheckpointError(f"--scale {scale} does not match the checkpoint: this {arch} serves "
                                f"{', '.join(f'x{s}' for s in available)}")
     return hparams
+
+
+def parse_hparams(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> dict; a value is JSON when it parses (3, 0.5, [6, 6], true), else text."""
+    import json
+
+    from srserve.models.errors import SRError
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise SRError(f"--hparams takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
 
 
 def format_hparams(hparams: dict) -> str:

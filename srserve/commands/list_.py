@@ -1,4 +1,5 @@
-"""``srserve list [--json | --benchmarks]``: the repository's models plus the built-in ``bicubic``.
+"""``srserve list [--json | --benchmarks | --architectures]``: the repository's models plus the
+built-in ``bicubic``, or the architecture families ``srserve import`` recognises.
 
 Parameter counts come from the safetensors headers (number of stored values; no network is built),
 so listing a large repository is instant.
@@ -12,11 +13,18 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON array of objects")
     p.add_argument("--benchmarks", action="store_true",
                    help="print the PSNR/SSIM each model's card measured (Markdown table)")
+    p.add_argument("--architectures", action="store_true",
+                   help="print every supported architecture family, the checkpoint files it accepts and the "
+                        "licence of the official weights (with --json: a JSON array)")
 
 
 def run(args) -> int:
     import json
 
+    if args.architectures:
+        rows = architecture_rows()
+        print(json.dumps(rows, indent=2) if args.json else format_architectures(rows))
+        return 0
     if args.benchmarks:
         print(benchmark_table(args.repository))
         return 0
@@ -39,6 +47,24 @@ def benchmark_table(root) -> str:
             size = f"{weights.name}, {stored_values(weights) / 1e6:.2f} M params, {weights.stat().st_size / 2**20:.1f} MiB"
             lines.append(f"| `{name}`: {title} | {size} | x{b['scale']} | {b['dataset']} | {b['psnr']:.2f} | {b['ssim']:.4f} "
                          f"| {b['bicubic']:.2f} | {b['psnr'] - b['bicubic']:+.2f} |")
+    return "\n".join(lines)
+
+
+def architecture_rows() -> list[dict]:
+    """One dict per family in detection order: name, description, checkpoints, license, input."""
+    from srserve.models.registry import ARCHITECTURES
+
+    return [{"name": spec.name, "description": spec.description, "checkpoints": spec.checkpoints,
+             "license": spec.license, "input": spec.convention.to_json()} for spec in ARCHITECTURES.values()]
+
+
+def format_architectures(rows: list[dict]) -> str:
+    width = max(len(r["name"]) for r in rows) + 2
+    pad = " " * width
+    lines = []
+    for r in rows:
+        lines += [r["name"].ljust(width) + r["description"], f"{pad}checkpoints: {r['checkpoints']}",
+                  f"{pad}licence of the official weights: {r['license']}"]
     return "\n".join(lines)
 
 
@@ -81,10 +107,11 @@ def stored_values(path) -> int:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("name", "architecture", "scales", "params", "size", "description")
+    header = ("name", "architecture", "scales", "params", "size", "licence", "description")
     body = [(r["name"], r["architecture"], ",".join(f"x{s}" for s in r["scales"]) or "-",
              "-" if not r["params"] else f"{r['params'] / 1e6:.2f} M",
-             "-" if not r["size_bytes"] else f"{r['size_bytes'] / 2**20:.1f} MiB", r["description"])
+             "-" if not r["size_bytes"] else f"{r['size_bytes'] / 2**20:.1f} MiB", r["license"] or "-",
+             r["description"])
             for r in rows]
     widths = [max(len(str(row[i])) for row in (header, *body)) for i in range(len(header) - 1)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in (header, *body)]
