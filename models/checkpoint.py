@@ -3,7 +3,9 @@
 Formats, recognised from the bytes (not the file name):
 
 * safetensors -> ``safetensors.torch.load_file``.
-* PyTorch zip (torch >= 1.6) and legacy non-zip (< 1.6) files -> ``torch.load(weights_only=True)``;
+* PyTorch zip (torch >= 1.6) and legacy non-zip (< 1.6) files -> ``torch.load(weights_only=True)``
+  (a zip only after :func:`check_zip_entries` passed its central directory: no compressed entry,
+  nothing that expands beyond the file's own size);
   when that refuses (pickled module objects, e.g. pytorch-vdsr's Python-2 ``model_epoch_50.pth``
   with CUDA storages), our own restricted unpickler below.
 * A bare pickle -> the restricted unpickler (it can hold no tensors, but a malicious one must be
@@ -87,6 +89,8 @@ def read_checkpoint(path: Path) -> Any:
 
             return load_file(str(path))
         if fmt == "torch-zip":
+            with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
+                check_zip_entries(zf, path.stat().st_size)  # before torch.load inflates anything
             return read_torch_file(path, read_zip_restricted)
         return read_pickle_file(path)
     except CheckpointError:
@@ -461,9 +465,28 @@ def read_legacy_restricted(f: BinaryIO, size: int) -> Any:
     return obj
 
 
+def check_zip_entries(zf: zipfile.ZipFile, file_size: int) -> None:
+    """Refuses a zip whose central directory promises more bytes than the file holds: every entry
+    must be stored uncompressed (torch.save never compresses; a deflated entry is how a 1 MB file
+    expands to gigabytes inside ``torch.load``), its size as stored, and all of them together
+    within the file's size. Reads the directory only, never an entry."""
+    total = 0
+    for info in zf.infolist():
+        name = info.filename[-80:]
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"archive entry {name} is compressed (method {info.compress_type}); PyTorch "
+                                  "checkpoints store entries uncompressed, so compressed ones are refused")
+        if info.file_size != info.compress_size:
+            raise CheckpointError(f"archive entry {name} claims {info.file_size} bytes but stores {info.compress_size}")
+        total += info.file_size
+        if total > file_size:
+            raise CheckpointError(f"archive entries claim more bytes ({total}) than the file holds ({file_size})")
+
+
 def read_zip_restricted(f: BinaryIO, size: int) -> Any:
     """torch's zip format: ``<archive>/data.pkl`` plus one ``<archive>/data/<key>`` per storage."""
     with zipfile.ZipFile(f) as zf:
+        check_zip_entries(zf, size)
         pickles = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
         if not pickles:
             raise CheckpointError("zip archive without data.pkl: not a PyTorch checkpoint")
@@ -476,8 +499,8 @@ def read_zip_restricted(f: BinaryIO, size: int) -> Any:
                 info = zf.getinfo(f"{prefix}data/{key}")
             except KeyError:
                 raise CheckpointError(f"storage {key} is missing from the archive") from None
-            if info.compress_type != zipfile.ZIP_STORED or info.file_size < nbytes:
-                raise CheckpointError(f"storage {key} is compressed or too short")
+            if info.file_size < nbytes:  # stored uncompressed: check_zip_entries
+                raise CheckpointError(f"storage {key} is shorter than its tensor")
             with zf.open(info) as entry:
                 return entry.read(nbytes)
 

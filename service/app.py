@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=RESULT_HEADERS)
+                           allow_headers=["*"], expose_headers=list(RESULT_HEADERS))
     app.include_router(upscale_router)
     app.include_router(system_router)
     install_error_handlers(app, service)

@@ -13,8 +13,13 @@
 from __future__ import annotations
 
 import importlib
+import io
+import pickle
 import struct
 import sys
+import zipfile
+import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,3 +274,92 @@ def tiny_vdsr_state(n_feats: int = 8, n_blocks: int = 3, seed: int = 0) -> dict:
         state[f"residual_layer.{i}.conv.weight"] = torch.randn(n_feats, n_feats, 3, 3, generator=g) * 0.15
     state["output.weight"] = torch.randn(1, n_feats, 3, 3, generator=g) * 0.15
     return state
+
+
+# --- a zip bomb in PyTorch's zip layout --------------------------------------------------------
+def deflated_zeros(nbytes: int, chunk: int = 1 << 20) -> tuple[bytes, int]:
+    """A raw deflate stream of ``nbytes`` zeros and its CRC-32, without compressing them all:
+    one chunk ends in a full flush (byte-aligned, no back-references across it), so copies of it
+    can be concatenated; an empty final block closes the stream."""
+    assert nbytes % chunk == 0
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(bytes(chunk)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    stream = block * (nbytes // chunk) + compressor.flush(zlib.Z_FINISH)
+    crc = 0
+    for _ in range(nbytes // chunk):
+        crc = zlib.crc32(bytes(chunk), crc)
+    return stream, crc
+
+
+@dataclass
+class ZipEntry:
+    """One archive member as written: ``data`` are the bytes on disk (already deflated when
+    ``method`` is ZIP_DEFLATED); ``crc``/``size`` describe the expanded content, and
+    ``claimed_stored`` can forge the stored length the headers give."""
+    name: str
+    data: bytes
+    method: int = zipfile.ZIP_STORED
+    crc: int | None = None
+    size: int | None = None
+    claimed_stored: int | None = None
+
+    def header_fields(self) -> tuple[int, int, int, int]:
+        size = len(self.data) if self.size is None else self.size
+        crc = zlib.crc32(self.data) if self.crc is None else self.crc
+        stored = len(self.data) if self.claimed_stored is None else self.claimed_stored
+        return self.method, crc, stored, size
+
+
+def write_zip(path: Path, entries: list[ZipEntry]) -> None:
+    """A zip written header by header (zipfile only writes entries it compressed itself, with
+    honest sizes)."""
+    body, directory = bytearray(), bytearray()
+    for entry in entries:
+        raw = entry.name.encode()
+        method, crc, stored, size = entry.header_fields()
+        offset = len(body)
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, stored, size, len(raw), 0)
+        body += raw + entry.data
+        directory += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, stored, size,
+                                 len(raw), 0, 0, 0, 0, 0, offset) + raw
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), len(body), 0)
+    path.write_bytes(bytes(body + directory + end))
+
+
+def torch_zip(path: Path, numel: int, storage: ZipEntry) -> None:
+    """A PyTorch zip checkpoint ``{"weight": float32 tensor of numel}`` around the given
+    ``archive/data/0`` entry."""
+    write_zip(path, [ZipEntry("archive/data.pkl", torch_zip_pickle(numel)), ZipEntry("archive/byteorder", b"little"),
+                     storage, ZipEntry("archive/version", b"3\n")])
+
+
+class _StorageRef:
+    """Pickled as PyTorch's persistent id for storage "0" (see ``torch_zip_pickle``)."""
+
+
+class _Tensor:
+    def __init__(self, numel: int):
+        self.numel = numel
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (_StorageRef(), 0, (self.numel,), (1,), False, OrderedDict())
+
+
+def torch_zip_pickle(numel: int) -> bytes:
+    """``data.pkl`` of ``torch.save({"weight": <float32 tensor of numel elements>})``, written
+    without the tensor: its storage is named by key, as torch does, and lives in ``data/0``."""
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, _StorageRef) else None
+
+    out = io.BytesIO()
+    Pickler(out, protocol=2).dump({"weight": _Tensor(numel)})
+    return out.getvalue()
+
+
+def save_deflate_bomb(path: Path, expanded_bytes: int = 1 << 30) -> None:
+    """A PyTorch zip checkpoint whose one float32 storage (``expanded_bytes``, zeros) is stored
+    deflated: about 1 MB on disk per GiB that a plain ``torch.load`` inflates into memory."""
+    stream, crc = deflated_zeros(expanded_bytes)
+    torch_zip(path, expanded_bytes // 4, ZipEntry("archive/data/0", stream, zipfile.ZIP_DEFLATED, crc, expanded_bytes))

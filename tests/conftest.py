@@ -1,5 +1,6 @@
 """What every test module shares: the data-set path, a free port, waiting on a condition, one
-intra-op thread, and the tiny-model repository factory (``tiny_repo``).
+intra-op thread, the tiny-model repository factory (``tiny_repo``), and the CI rule that a
+deployment or browser test may not skip.
 
 Test modules import the plain helpers (``from conftest import DATASETS, free_port, wait_until``);
 fixtures are found by pytest.
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytest_plugins = ("pytester",)  # tests/test_ci_skips.py runs pytest on generated test files
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/datasets next to the clone (a developer's or CI's machine), or $SR_DATASETS
@@ -61,3 +64,28 @@ def tiny_repo(tmp_path):
         return tiny_repository(root or tmp_path / "repo", names=names)
 
     return make
+
+
+# --- CI: a deployment test that skips is a failure --------------------------------------------
+# Under CI=true (set by CI services, and by .ci/run) the container, dashboard and static deployment
+# tests must really run: docker/ci-tools.sh installs what they need first, so a skip there means
+# the image was never built or the dashboard never queried, and the run must not pass.
+DEPLOYMENT_TEST_FILES = frozenset({"test_deploy_image.py", "test_deploy_dashboard.py", "test_deploy_static.py"})
+
+
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def is_deployment_test(item: pytest.Item) -> bool:
+    return item.path.name in DEPLOYMENT_TEST_FILES or any(item.get_closest_marker(m) for m in ("docker", "browser"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = (yield).get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and running_in_ci() and is_deployment_test(item):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: deployment tests may not skip (does .ci/run run docker/ci-tools.sh?): {reason}"
+# --- end of the CI block -----------------------------------------------------------------------

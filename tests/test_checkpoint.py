@@ -4,8 +4,11 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import sys
 import tarfile
+import tracemalloc
+import zipfile
 
 import pytest
 import torch
@@ -13,9 +16,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from checkpoint_fixtures import (
-    Global, Torch03Writer, legacy_file_bytes, save_pytorch_vdsr_modern, save_pytorch_vdsr_py2, tiny_vdsr_state,
+    Global, Torch03Writer, ZipEntry, legacy_file_bytes, save_deflate_bomb, save_pytorch_vdsr_modern,
+    save_pytorch_vdsr_py2, tiny_vdsr_state, torch_zip,
 )
-from srserve.models.checkpoint import CheckpointError, RefusedPickle, load_checkpoint
+from srserve.models.checkpoint import CheckpointError, RefusedPickle, load_checkpoint, read_zip_restricted
 from srserve.models.registry import load_network
 
 
@@ -205,6 +209,79 @@ def test_forged_tensor_size_and_storage_length_are_caught(tmp_path):
     forged_legacy_file(tmp_path / "huge.pth", storage_numel=10**12)
     with pytest.raises(CheckpointError, match="more bytes than the file"):
         load_checkpoint(tmp_path / "huge.pth")
+
+
+# --- zip bombs: refused from the central directory, before anything is inflated -------------
+GiB = 1 << 30
+PEAK_BYTES = 16 << 20  # Python allocations while refusing; inflating the bomb would need 1 GiB
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bomb") / "bomb.pt"
+    save_deflate_bomb(path, GiB)
+    return path
+
+
+def test_the_bomb_is_small_on_disk_and_a_valid_torch_zip(bomb, tmp_path):
+    assert bomb.stat().st_size < 1.1e6
+    with zipfile.ZipFile(bomb) as zf:
+        info = zf.getinfo("archive/data/0")
+        assert (info.compress_type, info.file_size) == (zipfile.ZIP_DEFLATED, GiB)
+        with zf.open(info) as entry:
+            assert entry.read(1 << 20) == bytes(1 << 20)  # really a deflate stream of zeros
+    save_deflate_bomb(tmp_path / "small.pt", 16 << 20)  # the same layout, 16 MiB: plain torch.load inflates it
+    assert torch.equal(torch.load(tmp_path / "small.pt", weights_only=True)["weight"], torch.zeros(4 << 20))
+
+
+def refused_without_inflating(load) -> str:
+    """Runs ``load``, which must raise CheckpointError with Python allocations well under 1 GiB."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError) as info:
+            load()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK_BYTES, f"{peak} bytes allocated while refusing"
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_deflated_storage_bomb_is_refused_before_torch_load(bomb, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: calls.append(args))
+    message = refused_without_inflating(lambda: load_checkpoint(bomb))
+    assert calls == []  # torch.load never saw the file
+    assert message.startswith("bomb.pt: archive entry archive/data/0 is compressed")
+
+
+def test_restricted_reader_refuses_the_bomb_by_the_same_check(bomb):
+    with open(bomb, "rb") as f:
+        message = refused_without_inflating(lambda: read_zip_restricted(f, bomb.stat().st_size))
+    assert message.startswith("archive entry archive/data/0 is compressed")
+
+
+def test_rezipped_checkpoint_with_deflated_entries_is_refused_with_the_reason(tmp_path):
+    """A real checkpoint re-packed by a zip tool (every entry deflated): refused, saying why."""
+    torch.save(random_state(), tmp_path / "w.pth")
+    with zipfile.ZipFile(tmp_path / "w.pth") as original, \
+            zipfile.ZipFile(tmp_path / "rezipped.pth", "w", zipfile.ZIP_DEFLATED) as rezipped:
+        for info in original.infolist():
+            rezipped.writestr(info.filename, original.read(info))
+    with pytest.raises(CheckpointError, match="compressed .*store entries uncompressed"):
+        load_checkpoint(tmp_path / "rezipped.pth")
+
+
+@pytest.mark.parametrize("forged,match", [
+    ({"size": GiB}, "claims 1073741824 bytes but stores 4096"),  # expanded size != stored size
+    ({"size": GiB, "claimed_stored": GiB}, r"claim more bytes \(1073742\d{3}\) than the file holds \(4\d{3}\)"),
+])
+def test_stored_entries_claiming_more_than_the_file_are_refused(tmp_path, monkeypatch, forged, match):
+    torch_zip(tmp_path / "forged.pt", GiB // 4, ZipEntry("archive/data/0", bytes(4096), **forged))
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("torch.load was called"))
+    assert re.search(match, refused_without_inflating(lambda: load_checkpoint(tmp_path / "forged.pt")))
 
 
 # --- missing, truncated, corrupt, unsupported ------------------------------------------------

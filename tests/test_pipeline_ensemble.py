@@ -1,24 +1,16 @@
 """Geometric self-ensemble: each transform undone by its inverse, composition with tiling, and
-that it does not lower PSNR on a trained model."""
+that it raises PSNR on a trained model."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import BENCHMARK, DATASETS
+from conftest import BENCHMARK, ROOT
 from pipeline_nets import backend_of, lr_image, tiny_repository
 from srserve.backends import TorchBackend
-from srserve.models.imresize import imresize
-from srserve.models.registry import build_network
 from srserve.models.repository import Repository
 from srserve.pipeline import ENSEMBLE_TRANSFORMS, apply_transform, invert_transform, upscale_tensor
 from srserve.pipeline.ensemble import run_ensemble
-
-TRAIN = DATASETS / "train" / "BSDS500-train"
 
 
 @pytest.mark.parametrize("transform", ENSEMBLE_TRANSFORMS)
@@ -56,68 +48,21 @@ def test_ensemble_composes_with_tiling(repo, name, scale):
     assert (untiled - plain).abs().max().item() > 1e-4  # the ensemble really does something
 
 
-def _shipped_backend():
-    """A trained EDSR-family model from model_repository/, or None."""
-    repo = Repository()
-    for name in ("edsr", "mdsr"):
-        if name in repo.names() and 2 in repo.get(name).scales:
-            return TorchBackend(repo.load(name, scales=[2])), f"{name} from model_repository"
-    return None
+SHIPPED = ROOT / "model_repository"
 
 
-def _train_tiny_edsr(tmp_path: Path):
-    """A tiny EDSR trained here for 300 steps (L1, Adam) on four BSDS500 images."""
-    files = sorted(TRAIN.glob("*.jpg"))[:4]
-    if not files:
-        pytest.skip("no training images")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    hr_images = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) / 255 for f in files]
-    hr_images = [h[: h.shape[0] // 2 * 2, : h.shape[1] // 2 * 2] for h in hr_images]
-    lr_images = [np.clip(imresize(h, 0.5), 0, 1) for h in hr_images]
-    hparams = {"n_resblocks": 4, "n_feats": 16, "scale": 2}
-    net = build_network("edsr", hparams)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    patch = 24
-    for _ in range(300):
-        lrs, hrs = [], []
-        for _ in range(8):
-            i = rng.integers(len(lr_images))
-            lr, hr = lr_images[i], hr_images[i]
-            y, x = rng.integers(lr.shape[0] - patch), rng.integers(lr.shape[1] - patch)
-            lrs.append(lr[y:y + patch, x:x + patch])
-            hrs.append(hr[2 * y:2 * (y + patch), 2 * x:2 * (x + patch)])
-        lr_t = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).float() * 255
-        hr_t = torch.from_numpy(np.stack(hrs)).permute(0, 3, 1, 2).float() * 255
-        loss = (net(lr_t) - hr_t).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    local = Repository(tmp_path)
-    local.add_weights("tiny-edsr", "edsr", hparams, net.state_dict())
-    return TorchBackend(local.load("tiny-edsr")), "tiny EDSR trained in the test (300 steps)"
-
-
-def _check_ensemble_psnr(backend, source: str) -> None:
+def test_self_ensemble_raises_psnr_of_the_shipped_edsr():
+    """Judged on the trained EDSR x2 shipped in model_repository/ (fixed weights: the verdict cannot
+    depend on the CPU, unlike a model trained in the test, whose 300 CPU steps landed above bicubic
+    on one machine and below it on another). Measured on Set5 x2: 37.674 dB plain, 37.809 dB with
+    the ensemble, every image higher (+0.02 to +0.29 dB); bicubic 33.679 dB."""
     from srserve.evaluate import evaluate
 
     dataset = BENCHMARK / "Set5"
     if not dataset.is_dir():
-        pytest.skip("Set5 is not available")
+        pytest.skip(f"{dataset} is not available (../shared/datasets is not part of a clone)")
+    backend = TorchBackend(Repository(SHIPPED).load("edsr", scales=[2]))
     plain = evaluate(backend, dataset, 2, progress=False)
     ensemble = evaluate(backend, dataset, 2, self_ensemble=True, progress=False)
-    assert plain.psnr > plain.bicubic_psnr, f"{source} is not trained enough to judge ({plain.psnr:.2f} dB)"
-    assert ensemble.psnr >= plain.psnr, f"{source}: {ensemble.psnr:.3f} < {plain.psnr:.3f} dB"
-
-
-def test_self_ensemble_does_not_lower_psnr_of_the_shipped_model():
-    found = _shipped_backend()
-    if found is None:
-        pytest.skip("no trained edsr/mdsr in model_repository/ yet (the slow test trains one)")
-    _check_ensemble_psnr(*found)
-
-
-@pytest.mark.slow
-def test_self_ensemble_does_not_lower_psnr_of_a_model_trained_here(tmp_path):
-    """Measured: tiny EDSR 33.94 dB (bicubic 33.68), with ensemble 34.29 dB on Set5 x2."""
-    _check_ensemble_psnr(*_train_tiny_edsr(tmp_path))
+    assert plain.psnr > plain.bicubic_psnr + 3, f"shipped edsr x2 is {plain.psnr:.2f} dB (bicubic {plain.bicubic_psnr:.2f})"
+    assert ensemble.psnr > plain.psnr, f"self-ensemble {ensemble.psnr:.3f} dB <= plain {plain.psnr:.3f} dB"

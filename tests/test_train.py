@@ -347,11 +347,31 @@ def test_cosine_factor_runs_from_one_to_final():
     assert cosine_factor(3.0, 0.02) == pytest.approx(0.02)  # past the budget it stays at the floor
 
 
+class SteppingClock:
+    """A monotonic clock that advances a fixed step per reading: a time-boxed run then takes the
+    same number of iterations on any CPU, however loaded (a real 3 s budget did not)."""
+
+    def __init__(self, step_s: float):
+        self.now, self.step_s = 0.0, step_s
+
+    def monotonic(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
 def test_time_boxed_run_anneals_lr_over_its_minutes_and_publishes_contiguous_weights(image_folder, tmp_path, monkeypatch):
+    import time
+    import types
+
     import yaml
 
     from srserve.models.checkpoint import load_checkpoint
+    from srserve.train import runner
     from srserve.train.runner import train
+
+    clock = SteppingClock(0.25)  # the runner reads it twice per step: 0.5 s per step, 6 steps in 3 s
+    monkeypatch.setattr(runner, "time", types.SimpleNamespace(
+        monotonic=clock.monotonic, perf_counter=time.perf_counter, strftime=time.strftime))
 
     monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs"))
     path = tmp_path / "timed.yaml"
@@ -368,8 +388,11 @@ def test_time_boxed_run_anneals_lr_over_its_minutes_and_publishes_contiguous_wei
 
 
 def test_repository_lock_excludes_a_second_publisher(tmp_path):
+    """The held lock refuses a non-blocking flock from another descriptor (no sleep-then-check);
+    a second publisher waiting on it enters once it is released."""
+    import fcntl
+    import os
     import threading
-    import time
 
     from srserve.train.runner import repository_lock
 
@@ -380,9 +403,14 @@ def test_repository_lock_excludes_a_second_publisher(tmp_path):
             entered.set()
 
     with repository_lock(tmp_path):
+        probe = os.open(tmp_path, os.O_RDONLY)  # another open file description, as another process has
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
         thread = threading.Thread(target=second)
         thread.start()
-        time.sleep(0.2)
         assert not entered.is_set()
-    thread.join(5)
+    thread.join(60)
     assert entered.is_set()

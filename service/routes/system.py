@@ -31,6 +31,8 @@ async def readyz(service: Service = Depends(get_service)) -> Response:
     return JSONResponse({"status": "ready", "models": list(service.engine.models)})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus text exposition format"}})
 async def metrics(service: Service = Depends(get_service)) -> Response:
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

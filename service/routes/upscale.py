@@ -10,7 +10,14 @@ from ..domain import CLIENT_CLOSED, Service
 from ..engine import UpscaleOptions, Upscaled
 from ..errors import ERROR_RESPONSES, Cancelled, ServiceError, service_error_response
 
-RESULT_HEADERS = ["X-Model", "X-Scale", "X-Backend", "X-Inference-Ms", "X-Output-Size"]
+RESULT_HEADERS = {"X-Model": "the model that ran", "X-Scale": "the native scale that ran",
+                  "X-Backend": "the engine that ran (torch, onnxruntime, openvino, tensorrt, ...)",
+                  "X-Inference-Ms": "this request's share of the backend time, in ms",
+                  "X-Output-Size": "WIDTHxHEIGHT of the returned image"}
+RESULT_RESPONSE = {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
+                   "description": "the upscaled image",
+                   "headers": {name: {"description": text, "schema": {"type": "string"}}
+                               for name, text in RESULT_HEADERS.items()}}
 
 UPSCALE_BODY = {"requestBody": {"required": True, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -28,9 +35,7 @@ def result_headers(result: Upscaled) -> dict[str, str]:
 
 
 @router.post("/upscale", openapi_extra=UPSCALE_BODY, response_class=Response, summary="Upscale an image",
-             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
-                              "description": "the upscaled image; headers " + ", ".join(RESULT_HEADERS)},
-                        **ERROR_RESPONSES})
+             responses={200: RESULT_RESPONSE, **ERROR_RESPONSES})
 async def upscale(request: Request, options: UpscaleOptions = Depends(upscale_params),
                   service: Service = Depends(get_service)) -> Response:
     try:
