@@ -89,16 +89,19 @@ class DegradationGraph(nn.Module):
 
 
 class HalfPrecision(nn.Module):
-    """fp16 (or ``dtype``: bf16 for the compiled engine) inside, fp32 at the inputs and the output."""
+    """fp16 (or ``dtype``: bf16 for the compiled engine) inside, fp32 at the inputs and the output.
+
+    The wrapped module is ``network``, not ``graph``: ``torch.export`` turns the module into an
+    ``fx.GraphModule``, whose ``graph`` attribute would hide a submodule of that name."""
 
     def __init__(self, graph: nn.Module, dtype: torch.dtype = torch.float16):
         super().__init__()
         self.dtype = dtype
-        self.graph = copy.deepcopy(graph).to(dtype)
+        self.network = copy.deepcopy(graph).to(dtype)
         self.scale = getattr(graph, "scale", None)
         self.needs_degradation = getattr(graph, "needs_degradation", False)
 
     def forward(self, image: torch.Tensor, degradation: torch.Tensor | None = None) -> torch.Tensor:
         if degradation is None:
-            return self.graph(image.to(self.dtype)).float()
-        return self.graph(image.to(self.dtype), degradation.to(self.dtype)).float()
+            return self.network(image.to(self.dtype)).float()
+        return self.network(image.to(self.dtype), degradation.to(self.dtype)).float()
