@@ -448,7 +448,8 @@ def served(args, device, report: Report, box_s: float) -> None:
     if missing:
         report.skip(f"served path: {', '.join(missing)} not installed (run bench/gpu_wheels.sh here and carry .whl)")
         return
-    seconds = 1.0 if args.smoke else max(3.0, min(12.0, (box_s - 45.0) / 6))
+    # bare on/off once each, then each client count against two servers (about 20 s to start each)
+    seconds = 1.0 if args.smoke else max(3.0, min(12.0, (box_s - 60.0) / 6))
     out = Path(report.out) / "load.json"
     cmd = [sys.executable, str(ROOT / "bench" / "load.py"), "--device", device.type, "--repository", args.repository,
            "--model", "edsr", "--scale", "2", "--clients", "2,4" if args.smoke else "16,64", "--seconds",
