@@ -73,7 +73,7 @@ def auto_candidates(model: LoadedModel, device: torch.device, cache_dir: str | P
         candidates.append(("tensorrt", f"CUDA with TensorRT, {graphs}"))
     toolchain = compile_toolchain_missing("cuda")
     if not toolchain:
-        why = "TensorRT not installed" if not trt else graphs
+        why = "TensorRT not installed" if not trt else "after tensorrt" if not missing else f"TensorRT needs {graphs}"
         candidates.append(("compiled", f"CUDA, {why}; TorchInductor packages with CUDA graphs"))
     if installed("onnxruntime") and not missing:
         from .onnxruntime_backend import has_gpu_provider

@@ -73,7 +73,7 @@ class GraphedRunner:
                 runner(*static_inputs)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):  # other threads may run
             self.output = runner(*static_inputs)
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
