@@ -167,9 +167,10 @@ class CompiledBackend:
         if not self.runners[scale].shape.accepts((1,) + tuple(x.shape[1:])):
             self.batches["eager"] += 1
             return self.torch.run(x, scale, degradation)
-        out = torch.cat([self._run_chunk(x[i:i + self.max_batch], scale,
-                                         None if degradation is None else degradation[i:i + self.max_batch])
-                         for i in range(0, x.shape[0], self.max_batch)])
+        chunks = [self._run_chunk(x[i:i + self.max_batch], scale,
+                                  None if degradation is None else degradation[i:i + self.max_batch])
+                  for i in range(0, x.shape[0], self.max_batch)]
+        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return self._guard.check(out, lambda: self.torch.run(x, scale, degradation))
 
     def _run_chunk(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None) -> torch.Tensor:
