@@ -2,6 +2,7 @@
 report (JSON + markdown) with every section; the target verdicts are computed from the rows."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,9 +13,19 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
-import gpu_suite  # noqa: E402  (bench/ is not a package)
+
+def load_bench(name: str):
+    """A bench/ script as a module (bench/ is not a package; its folder is not put on sys.path,
+    where bench/backends.py would shadow other imports)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_suite = load_bench("gpu_suite")
 
 
 def run_suite(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
