@@ -1,12 +1,14 @@
 """Throughput and latency of the inference backends, side by side in one run.
 
     .venv/bin/python bench/backends.py                 # CPU: torch eager vs onnxruntime, fp32
-    .venv/bin/python bench/backends.py --device cuda   # GPU: + fp16, torch.compile, TensorRT
+    .venv/bin/python bench/backends.py --device cuda   # GPU: + fp16, torch.compile, compiled, TensorRT
 
 For each model (EDSR ×2, EDSR ×4, RRDBNet ×4), each tile window and each backend/precision it
 times ``backend.run`` on a batch of tiles, interleaving the backends round by round so that
 load on a shared machine hits them alike, and prints the median latency per batch and the
-throughput in LR megapixels/s, plus each backend's speed relative to PyTorch eager fp32.
+throughput in LR megapixels/s, the arithmetic rate (GFLOP/s on a CPU, TFLOP/s on a GPU:
+``srserve.models.flops`` × LR pixels/s) and its share of the device's peak for the precision run
+(``srserve.backends.peaks``), plus each backend's speed relative to PyTorch eager fp32.
 
 Weights are random (speed does not depend on them), at the official sizes on a GPU: EDSR
 baseline (16 blocks × 64), RRDBNet 23 blocks; on the CPU RRDBNet is cut to 6 blocks (``--rrdb-blocks``)
@@ -25,7 +27,9 @@ from pathlib import Path
 import torch
 
 from srserve.backends import create_backend
+from srserve.backends.peaks import device_peak, efficiency
 from srserve.export import ExportBuilder
+from srserve.models.flops import flops_per_lr_pixel
 from srserve.models.registry import build_network
 from srserve.models.repository import Repository
 
@@ -46,8 +50,10 @@ def variants(device: str) -> list[tuple[str, str, dict]]:
     gpu = common + [("torch fp16", "torch", {"precision": "fp16"}),
                  ("torch compiled fp16", "torch", {"precision": "fp16", "compile": True}),
                  ("onnxruntime fp16", "onnxruntime", {"precision": "fp16"})]
-    from srserve.backends.cuda import tensorrt_available
+    from srserve.backends.cuda import compile_toolchain_missing, tensorrt_available
 
+    if not compile_toolchain_missing("cuda"):
+        gpu += [("compiled fp16", "compiled", {"precision": "fp16"})]
     if tensorrt_available():
         gpu += [("tensorrt fp32", "tensorrt", {}), ("tensorrt fp16", "tensorrt", {"precision": "fp16"})]
     return gpu
@@ -67,7 +73,15 @@ def bench_model(repo: Repository, name: str, scale: int, tiles: list[int], batch
                 cache: Path, threads: int | None) -> list[dict]:
     rows = []
     backends = {}
+    peak = device_peak(device, threads)
     for label, kind, options in variants(device):
+        if kind == "compiled":  # CUDA graphs for exactly the windows timed here
+            from srserve.backends.compiled_backend import CompiledBackend
+
+            backends[label] = CompiledBackend(repo.load(name, "cpu"), device, options["precision"], cache_dir=cache,
+                                              builder=ExportBuilder(), max_batch=batch, windows=tiles,
+                                              force_precision=True)
+            continue
         tile_opt = {"tile": max(tiles)} if kind == "tensorrt" else {}
         backends[label] = create_backend(name, kind, repository=repo.root, device=device, cache_dir=cache,
                                          threads=threads, force_precision=True, max_batch=batch, builder=ExportBuilder(),
@@ -83,11 +97,14 @@ def bench_model(repo: Repository, name: str, scale: int, tiles: list[int], batch
                 for label, backend in backends.items():
                     times[label].append(time_call(lambda: backend.run(x, scale), device))
         reference = statistics.median(times[next(iter(times))])
+        flops = flops_per_lr_pixel(next(iter(backends.values())).model, scale)
         for label, samples in times.items():
             median = statistics.median(samples)
+            rate = efficiency(flops, batch * tile * tile / median, peak, backends[label].precision, device)
             rows.append({"model": name, "scale": scale, "tile": tile, "batch": batch, "backend": label,
                          "latency_ms": round(median * 1e3, 1), "lr_mpix_per_s": round(batch * tile * tile / median / 1e6, 4),
-                         "speedup_vs_torch_fp32": round(reference / median, 2),
+                         "speedup_vs_torch_fp32": round(reference / median, 2), "tflops": rate["tflops"],
+                         "peak_kind": rate["peak_kind"], "pct_of_peak": rate["pct_of_peak"],
                          "fp16_fallbacks": backends[label].fp16_fallbacks})
     return rows
 
@@ -118,18 +135,22 @@ def main() -> int:
             repo.add_weights(name, arch, hparams, build_network(arch, hparams).state_dict())
             rows += bench_model(repo, name, scale, tiles, batch, args.rounds, args.device, Path(tmp) / "cache",
                                 args.threads)
-            print_rows([r for r in rows if r["model"] == name])
+            print_rows([r for r in rows if r["model"] == name], args.device)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
-def print_rows(rows: list[dict]) -> None:
-    header = f"{'model':<11} {'tile':>4} {'batch':>5} {'backend':<22} {'ms/batch':>9} {'LR MP/s':>8} {'vs torch':>8}"
+def print_rows(rows: list[dict], device: str = "cpu") -> None:
+    unit, factor = ("GFLOP/s", 1e3) if device == "cpu" else ("TFLOP/s", 1.0)
+    header = (f"{'model':<11} {'tile':>4} {'batch':>5} {'backend':<22} {'ms/batch':>9} {'LR MP/s':>8} {'vs torch':>8} "
+              f"{unit:>9} {'% peak':>7}")
     print(header)
     for r in rows:
+        share = f"{r['pct_of_peak']:>6.2f}%" if r["pct_of_peak"] is not None else f"{'-':>7}"
         print(f"{r['model']:<11} {r['tile']:>4} {r['batch']:>5} {r['backend']:<22} {r['latency_ms']:>9.1f} "
-              f"{r['lr_mpix_per_s']:>8.4f} {r['speedup_vs_torch_fp32']:>7.2f}x")
+              f"{r['lr_mpix_per_s']:>8.4f} {r['speedup_vs_torch_fp32']:>7.2f}x {r['tflops'] * factor:>9.2f} {share} "
+              f"({r['peak_kind']})")
     print(flush=True)
 
 

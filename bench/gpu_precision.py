@@ -7,7 +7,9 @@ For every model and scale: Set5 PSNR (Y) through the torch backend in fp32, fp16
 each reduced-precision output from the fp32 output, how many reduced-precision batches produced NaN/Inf (and were
 re-run in fp32 by the backend), and the throughput of each precision on a batch of 128×128 LR
 tiles, timed side by side in one run. A model whose fp16 PSNR is within 0.01 dB of fp32, with no
-non-finite output and at most a few 8-bit levels of difference, can be marked fp16-safe.
+non-finite output and at most a few 8-bit levels of difference, can be marked fp16-safe. Each
+throughput also as TFLOP/s (``srserve.models.flops``) and % of the GPU's dense peak for that
+precision (``srserve.backends.peaks``; fp32 against TF32, which cuDNN uses by default).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import torch
 from backends import time_call  # bench/backends.py: synchronised wall time of one call
 from srserve.evaluate import discover, evaluate, load_pair, to_tensor, to_uint8
 from srserve.backends import create_backend
+from srserve.backends.peaks import device_peak, efficiency
+from srserve.models.flops import flops_per_lr_pixel
 from srserve.models.repository import Repository
 from srserve.pipeline import upscale_tensor
 
@@ -62,7 +66,11 @@ def measure(repo: Repository, name: str, scale: int, precisions: list[str], args
     diff = max_level_difference(backends, args.dataset, scale)
     speed = throughput(backends, scale, args.tile, args.batch, args.rounds, args.device)
     fallbacks = sum(b.fp16_fallbacks for p, b in backends.items() if p != "fp32")
+    flops, peak = flops_per_lr_pixel(backends["fp32"].model, scale), device_peak(args.device)
+    rates = {p: efficiency(flops, mpx * 1e6, peak, p, torch.device(args.device).type) for p, mpx in speed.items()}
     return {"model": name, "scale": scale, "psnr": psnr, "max_level_difference": diff, "lr_mpix_per_s": speed,
+            "tflops": {p: round(r["tflops"], 3) for p, r in rates.items()},
+            "pct_of_peak": {p: None if r["pct_of_peak"] is None else round(r["pct_of_peak"], 2) for p, r in rates.items()},
             "fp16_fallbacks": fallbacks, "tile": args.tile, "batch": args.batch, "device": args.device}
 
 
@@ -87,8 +95,8 @@ def main() -> int:
     rows = []
     print(f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'} torch {torch.__version__}")
     print("| model | scale | PSNR fp32 | PSNR fp16 | PSNR bf16 | max Δ fp16 | max Δ bf16 | non-finite batches | "
-          "Mpx/s fp32 | Mpx/s fp16 | Mpx/s bf16 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "Mpx/s fp32 | Mpx/s fp16 | Mpx/s bf16 | TFLOP/s (% peak) fp32 | fp16 | bf16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         for scale in repo.get(name).scales:
             try:
@@ -100,6 +108,7 @@ def main() -> int:
             cells = [f"{row['psnr'].get(p, float('nan')):.3f}" for p in PRECISIONS]
             cells += [str(row["max_level_difference"].get(p, "-")) for p in ("fp16", "bf16")]
             cells += [str(row["fp16_fallbacks"])] + [str(row["lr_mpix_per_s"].get(p, "-")) for p in PRECISIONS]
+            cells += [f"{row['tflops'][p]} ({row['pct_of_peak'][p]}%)" if p in row["tflops"] else "-" for p in PRECISIONS]
             print(f"| {name} | x{scale} | " + " | ".join(cells) + " |", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -4,6 +4,7 @@ served throughput against the bare backend on the same tiles.
     .venv/bin/python bench/load.py                       # random-weight models of the shipped size
     .venv/bin/python bench/load.py --repository model_repository --model edsr --scale 2
     .venv/bin/python bench/load.py --url http://host:8000 --clients 16 --seconds 60   # an existing server
+    python3 bench/load.py --device cuda --clients 16,64 --precision fp16 --json-out load.json   # on a GPU
 
 What it does, in one run so the ratios are side by side:
 
@@ -12,14 +13,19 @@ What it does, in one run so the ratios are side by side:
    no decoding, encoding or stitching. Throughput = output megapixels per second.
 2. **served, batching on / off**: ``srserve serve`` in a subprocess (``SR_MAX_BATCH_TILES`` =
    ``--batch``, then 1), ``--clients`` clients each posting the test images in turn for
-   ``--seconds`` (requests still running at the end are awaited, bounded by ``--timeout``).
-   Latency p50/p95/p99, requests/s, output MP/s, the mean batch size from ``/metrics``.
+   ``--seconds`` (requests still running at the end are awaited, bounded by ``--timeout``), for
+   each client count of ``--clients`` in turn against the same server. Latency p50/p95/p99,
+   requests/s, output MP/s, the mean batch size from ``/metrics``.
 3. **served / bare** throughput (the issue's target: >= 0.9) and CPU seconds per output MP of
    the server process vs the bare run. ``busy`` is the fraction of the load's wall time the
    server's inference thread spent in the backend (from ``sr_inference_duration_seconds``):
    near 1 means the serving machinery keeps the backend fed, whatever the machine's noise; the
    backend time per tile in the server vs the bare run shows how much the other work of the
    server and the clients (decoding, encoding, HTTP) slowed the backend down on shared cores.
+
+Useful arithmetic rate: output pixels/s × the model's FLOPs per output pixel
+(``srserve.models.flops``; the tiles' overlap is not counted), in GFLOP/s (TFLOP/s on a GPU) and
+as a share of the device's peak for the precision run (``srserve.backends.peaks``).
 
 Without ``--repository`` the models are random-weight networks with the shipped EDSR's and
 MDSR's hyper-parameters (read from ``model_repository/*/model.json``) in a temporary repository;
@@ -60,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--scale", default="2", help="scale, or scales the requests cycle through (e.g. 2,3,4)")
     p.add_argument("--mdsr-cross-scale", choices=["on", "off"], default="on",
                    help="server: batch MDSR's body across scales (SR_MDSR_CROSS_SCALE)")
-    p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    p.add_argument("--clients", default="8", help="concurrent clients, or counts run in turn, e.g. 16,64 (default 8)")
     p.add_argument("--seconds", type=float, default=20, help="load duration per server config (default 20)")
     p.add_argument("--timeout", type=float, default=120, help="longest wait for one request (default 120)")
     p.add_argument("--batch", type=int, default=4, help="max_batch_tiles with batching on (default 4)")
@@ -68,10 +74,14 @@ def parse_args(argv=None):
     p.add_argument("--sizes", default="128x128,160x128,192x160", help="LR test image sizes HxW (comma-separated)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="torch", help="server backend (default torch; auto, onnxruntime, ...)")
+    p.add_argument("--precision", default="fp32", help="fp32 (default), fp16 or bf16 (SR_PRECISION)")
     p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
     p.add_argument("--threads", type=int, help="torch CPU threads for the server and the bare run (SR_THREADS)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
-    return p.parse_args(argv)
+    p.add_argument("--json-out", metavar="PATH", help="also write the results as JSON to PATH")
+    args = p.parse_args(argv)
+    args.client_counts = [int(c) for c in str(args.clients).split(",")]
+    return args
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -146,7 +156,7 @@ def bare_throughput(repository: Path, args, jobs: list["Job"], seconds: float, b
     from srserve.service.engine import ServedModel, create_model_backend
 
     settings = Settings(repository=repository, device=args.device, backend=args.backend, threads=args.threads,
-                        tile_size=args.tile_size, max_batch_tiles=args.batch)
+                        tile_size=args.tile_size, max_batch_tiles=args.batch, precision=args.precision)
     uniform = settings.torch_device.type == "cuda" and settings.batch_tiles > 1  # as Engine.batching_pays
     model = ServedModel(create_model_backend(args.model, settings, Repository(repository)), args.tile_size, True,
                         uniform_windows=uniform)
@@ -164,6 +174,7 @@ def bare_throughput(repository: Path, args, jobs: list["Job"], seconds: float, b
     def measure() -> None:  # on a thread of its own, like the server's inference thread
         for scale, batch in batches:  # warm-up: every shape once
             model.run_tiles(batch, [scale] * len(batch), None)
+        result["precision"] = model.precision
         if args.threads:
             torch.set_num_threads(args.threads)
         rounds, started, cpu0 = 0, time.perf_counter(), process_cpu_seconds(os.getpid())
@@ -197,9 +208,10 @@ def free_port() -> int:
 
 
 def server_settings(repository: Path, args, batch: int) -> dict[str, str]:
-    settings = {"SR_REPOSITORY": str(repository), "SR_MODELS": args.model, "SR_DEVICE": args.device,
+    settings = {"SR_REPOSITORY": str(Path(repository).resolve()), "SR_MODELS": args.model, "SR_DEVICE": args.device,
                 "SR_BACKEND": args.backend, "SR_MAX_BATCH_TILES": str(batch), "SR_TILE_SIZE": str(args.tile_size),
-                "SR_REQUEST_TIMEOUT_S": str(args.timeout), "SR_MAX_INFLIGHT_REQUESTS": str(max(64, 2 * args.clients)),
+                "SR_PRECISION": args.precision, "SR_REQUEST_TIMEOUT_S": str(args.timeout),
+                "SR_MAX_INFLIGHT_REQUESTS": str(max(64, 2 * max(args.client_counts))),
                 "SR_MDSR_CROSS_SCALE": "true" if args.mdsr_cross_scale == "on" else "false"}
     if args.threads:
         settings["SR_THREADS"] = str(args.threads)
@@ -214,10 +226,12 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SR_LOG_LEVEL": "warning", **settings}
-        srserve = Path(sys.executable).parent / "srserve"
         self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([str(srserve), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        # python -m, from a neutral folder: srserve may be on PYTHONPATH rather than installed
+        # (bench/gpu_suite.sh), and the checkout's own srserve/ folder must not shadow that
+        self.proc = subprocess.Popen([sys.executable, "-m", "srserve", "serve", "--host", "127.0.0.1", "--port",
+                                      str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=tempfile.gettempdir())
 
     def wait_ready(self, timeout: float = 300) -> None:
         import httpx
@@ -249,13 +263,13 @@ class ServerProcess:
 
 
 # --- the load ---------------------------------------------------------------------------------
-async def run_load(url: str, args, jobs: list[Job], pid: int | None = None) -> dict:
+async def run_load(url: str, args, jobs: list[Job], clients: int, pid: int | None = None) -> dict:
     import httpx
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     served_pixels = 0
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits) as client:
         before = (await client.get("/metrics")).text
         cpu0 = process_cpu_seconds(pid) if pid else float("nan")
@@ -276,7 +290,7 @@ async def run_load(url: str, args, jobs: list[Job], pid: int | None = None) -> d
                 i += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(one_client(k) for k in range(args.clients)))
+        await asyncio.gather(*(one_client(k) for k in range(clients)))
         elapsed = time.perf_counter() - started
         cpu = (process_cpu_seconds(pid) if pid else float("nan")) - cpu0
         after = (await client.get("/metrics")).text
@@ -303,19 +317,48 @@ def metric_delta(before: str, after: str, name: str) -> float:
     return total(after) - total(before)
 
 
-def served(repository: Path, args, batch: int, jobs: list[Job]) -> dict:
+def served(repository: Path, args, batch: int, jobs: list[Job]) -> dict[int, dict]:
+    """{clients: result} for each client count, against one server started with ``batch``."""
     server = ServerProcess(server_settings(repository, args, batch))
     try:
         server.wait_ready()
-        return asyncio.run(run_load(server.url, args, jobs, server.proc.pid))
+        return {n: asyncio.run(run_load(server.url, args, jobs, n, server.proc.pid)) for n in args.client_counts}
     finally:
         server.stop()
 
 
-def print_row(label: str, r: dict) -> None:
+class Rate:
+    """Output MP/s as useful FLOP/s and a share of the device's peak (module docstring)."""
+
+    def __init__(self, repository: Path, args, jobs: list[Job]):
+        import torch
+
+        from srserve.backends.peaks import device_peak
+        from srserve.models.flops import flops_per_output_pixel
+        from srserve.models.repository import Repository
+
+        model = Repository(repository).load(args.model, "cpu")
+        pixels = sum(job.out_pixels for job in jobs)
+        self.flops_per_output_pixel = sum(job.out_pixels * flops_per_output_pixel(model, job.scale)
+                                          for job in jobs) / pixels
+        self.device = torch.device(args.device).type
+        self.peak = device_peak(args.device, args.threads)
+
+    def __call__(self, mp_per_s: float, precision: str) -> dict:
+        from srserve.backends.peaks import efficiency
+
+        return efficiency(self.flops_per_output_pixel, mp_per_s * 1e6, self.peak, precision, self.device)
+
+    def text(self, mp_per_s: float, precision: str) -> str:
+        from srserve.backends.peaks import format_efficiency
+
+        return format_efficiency(self(mp_per_s, precision), self.device)
+
+
+def print_row(label: str, r: dict, rate: str = "") -> None:
     print(f"{label:<22} {r['requests']:>6} {r['rps']:>7.2f} {r['mp_per_s']:>8.3f} {r['cpu_s_per_mp']:>8.1f} "
           f"{r['p50_s']:>7.2f} {r['p95_s']:>7.2f} {r['p99_s']:>7.2f} {r['mean_batch']:>6.2f} {r['busy']:>5.2f}  "
-          f"{r['statuses']}")
+          f"{r['statuses']}  {rate}")
 
 
 def main(argv=None) -> int:
@@ -323,36 +366,50 @@ def main(argv=None) -> int:
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
     scales = [int(v) for v in args.scale.split(",")]
     jobs = make_jobs(sizes, scales)
-    print(f"model {args.model} x{args.scale}, device {args.device}, backend {args.backend}, tile {args.tile_size}, "
-          f"images {args.sizes}, {args.clients} clients x {args.seconds:g}s, torch threads "
+    print(f"model {args.model} x{args.scale}, device {args.device}, backend {args.backend} {args.precision}, tile "
+          f"{args.tile_size}, images {args.sizes}, {args.clients} clients x {args.seconds:g}s, torch threads "
           f"{args.threads or __import__('torch').get_num_threads()}, mdsr cross-scale {args.mdsr_cross_scale}")
     if args.url:
-        result = asyncio.run(run_load(args.url, args, jobs))
-        print_row("served (--url)", result)
+        for n in args.client_counts:
+            print_row(f"served (--url), {n} cl", asyncio.run(run_load(args.url, args, jobs, n)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(args.repository) if args.repository else shipped_size_repository(Path(tmp) / "repo")
+        rate = Rate(repository, args, jobs)
         bare_on = bare_throughput(repository, args, jobs, args.seconds, args.batch)
         on = served(repository, args, args.batch, jobs)
         off = served(repository, args, 1, jobs) if args.batch > 1 else on
         bare_off = bare_throughput(repository, args, jobs, args.seconds, 1) if args.batch > 1 else bare_on
-    for batch, bare in ((args.batch, bare_on), (1, bare_off))[: 1 + (args.batch > 1)]:
-        print(f"bare backend, batch {batch}: {bare['mp_per_s']:.3f} output MP/s, {bare['cpu_s_per_mp']:.1f} CPU s/MP "
-              f"({bare['images_per_s']:.2f} images/s, {bare['tiles_per_round']} tiles per round, {bare['rounds']} rounds)")
+    precision = bare_on["precision"]
+    configs = ((args.batch, on, bare_on), (1, off, bare_off))[: 1 + (args.batch > 1)]
+    for batch, _, bare in configs:
+        print(f"bare backend, batch {batch}: {bare['mp_per_s']:.3f} output MP/s, {rate.text(bare['mp_per_s'], precision)}, "
+              f"{bare['cpu_s_per_mp']:.1f} CPU s/MP ({bare['images_per_s']:.2f} images/s, {bare['tiles_per_round']} "
+              f"tiles per round, {bare['rounds']} rounds)")
     print(f"{'':<22} {'reqs':>6} {'req/s':>7} {'MP/s':>8} {'CPU s/MP':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
-          f"{'batch':>6} {'busy':>5}  statuses")
-    print_row(f"served, batch {args.batch}", on)
-    if args.batch > 1:
-        print_row("served, batch 1", off)
-    for batch, srv, bare in ((args.batch, on, bare_on), (1, off, bare_off))[: 1 + (args.batch > 1)]:
-        print(f"served/bare, batch {batch}: throughput {srv['mp_per_s'] / bare['mp_per_s']:.2f}, CPU efficiency "
-              f"{bare['cpu_s_per_mp'] / srv['cpu_s_per_mp']:.2f} (target >= 0.9); backend time per tile "
-              f"{srv['backend_s_per_tile']:.3f}s served vs {bare['backend_s_per_tile']:.3f}s bare")
-    if args.batch > 1:
-        print(f"served batching on/off: throughput {on['mp_per_s'] / off['mp_per_s']:.2f}")
+          f"{'batch':>6} {'busy':>5}  statuses  useful rate")
+    for n in args.client_counts:
+        for batch, results, _ in configs:
+            print_row(f"served, batch {batch}, {n} cl", results[n], rate.text(results[n]["mp_per_s"], precision))
+    for n in args.client_counts:
+        for batch, results, bare in configs:
+            srv = results[n]
+            print(f"{n} clients, served/bare, batch {batch}: throughput {srv['mp_per_s'] / bare['mp_per_s']:.2f}, CPU "
+                  f"efficiency {bare['cpu_s_per_mp'] / srv['cpu_s_per_mp']:.2f} (target >= 0.9); backend time per "
+                  f"tile {srv['backend_s_per_tile']:.3f}s served vs {bare['backend_s_per_tile']:.3f}s bare")
+        if args.batch > 1:
+            print(f"{n} clients, served batching on/off: throughput {on[n]['mp_per_s'] / off[n]['mp_per_s']:.2f}")
+    for result in [bare_on, bare_off] + [r for results in (on, off) for r in results.values()]:
+        result.update(rate(result["mp_per_s"], precision))
+    record = {"args": {k: v for k, v in vars(args).items()}, "precision": precision,
+              "flops_per_output_pixel": rate.flops_per_output_pixel,
+              "peak": rate.peak.to_json() if rate.peak else None, "bare_on": bare_on, "bare_off": bare_off,
+              "served": {str(n): {"on": on[n], **({"off": off[n]} if args.batch > 1 else {})}
+                         for n in args.client_counts}}
     if args.json:
-        print(json.dumps({"args": vars(args), "bare_on": bare_on, "bare_off": bare_off, "batching_on": on,
-                          "batching_off": off}))
+        print(json.dumps(record))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

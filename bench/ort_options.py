@@ -6,7 +6,9 @@ Profiles what ``OnnxRuntimeBackend`` could change on a CPU: the graph optimisati
 (``ENABLE_ALL`` includes the NCHWc layout transform, ``ENABLE_EXTENDED`` does not), a graph with
 static input shape instead of dynamic axes, and spin-waiting of the intra-op pool; PyTorch eager
 with the default and the channels_last memory format as the reference. Random weights; one
-batch of 2 tiles; every variant timed once per round, rounds interleaved, medians reported.
+batch of 2 tiles; every variant timed once per round, rounds interleaved, medians reported, with
+the arithmetic rate (GFLOP/s, ``srserve.models.flops``) and its share of the CPU's estimated fp32
+peak for the threads used (``srserve.backends.peaks``).
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from srserve.backends.peaks import cpu_peak, efficiency, format_efficiency
 from srserve.export.graphs import SRGraph
 from srserve.export.onnx_export import torch_export
 from srserve.models import SRNet, build_network, get_spec
+from srserve.models.flops import counted_flops_per_lr_pixel
 
 
 def session(path: Path, threads: int, level: str, spin: bool = True):
@@ -70,10 +74,14 @@ def main() -> int:
                     run()
                     times[label].append(time.perf_counter() - start)
     reference = statistics.median(times["torch eager"])
-    print(f"EDSR x2, batch {args.batch}, tile {args.tile}, {args.threads} thread(s), {args.rounds} rounds")
+    flops, peak = counted_flops_per_lr_pixel(srnet), cpu_peak(args.threads)
+    print(f"EDSR x2, batch {args.batch}, tile {args.tile}, {args.threads} thread(s), {args.rounds} rounds; "
+          f"peak {peak.source}")
     for label, samples in times.items():
         median = statistics.median(samples)
-        print(f"{label:30s} {median * 1e3:9.1f} ms  {reference / median:5.2f}x torch eager")
+        rate = efficiency(flops, args.batch * args.tile ** 2 / median, peak, "fp32", "cpu")
+        print(f"{label:30s} {median * 1e3:9.1f} ms  {reference / median:5.2f}x torch eager  "
+              f"{format_efficiency(rate, 'cpu')}")
     return 0
 
 

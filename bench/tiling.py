@@ -12,7 +12,9 @@ small enough that the untiled 2048² x4 run fits in this machine's memory.
 Columns: ``time`` wall seconds of ``upscale_tensor`` (model loaded, input in memory); ``ratio``
 time over the untiled time at the same size; ``peak RSS`` the subprocess's maximum resident
 set; ``above base`` its growth over the RSS before inference; ``estimate`` the pipeline's
-activation estimate for the largest window (``memory.bytes_per_lr_pixel``) plus the output.
+activation estimate for the largest window (``memory.bytes_per_lr_pixel``) plus the output;
+``GFLOP/s`` the useful arithmetic rate (LR pixels × ``srserve.models.flops``, the tiles' overlap
+not counted) and its share of the CPU's estimated fp32 peak (``srserve.backends.peaks``).
 """
 from __future__ import annotations
 
@@ -107,14 +109,18 @@ def main() -> None:
         worker(args)
         return
     from bench.receptive_field import random_model
+    from srserve.backends.peaks import cpu_peak, efficiency
+    from srserve.models.flops import flops_per_lr_pixel
     from srserve.pipeline.tiling import default_tiling
 
-    default_tile = default_tiling(random_model(args.arch, json.loads(args.hparams), 0), args.scale).tile_size
+    model = random_model(args.arch, json.loads(args.hparams), 0)
+    default_tile = default_tiling(model, args.scale).tile_size
+    flops, peak = flops_per_lr_pixel(model, args.scale), cpu_peak(args.threads)
     tiles = [default_tile if t == "default" else int(t) for t in args.tiles.split(",")]
     print(f"# {args.arch} {args.hparams} x{args.scale}, random weights; {args.threads} threads; "
           f"MemAvailable {mib(available_bytes())}; {os.cpu_count()} CPUs")
     header = f"{'LR size':>9} {'tile':>6} {'window':>9} {'tiles':>6} {'time':>8} {'ratio':>6} {'peak RSS':>11} " \
-             f"{'above base':>11} {'estimate':>11}"
+             f"{'above base':>11} {'estimate':>11} {'GFLOP/s':>8} {'% peak':>7}"
     print(header)
     for size in (int(s) for s in args.sizes.split(",")):
         untiled = None
@@ -132,8 +138,10 @@ def main() -> None:
             if tile == 0:
                 untiled = r["seconds"]
             ratio = f"{r['seconds'] / untiled:.2f}" if untiled else "n/a"
+            rate = efficiency(flops, size * size / r["seconds"], peak, "fp32", "cpu")
             print(f"{size:>8}² {name:>6} {'x'.join(map(str, r['window'])):>9} {r['tiles']:>6} {r['seconds']:>7.1f}s "
-                  f"{ratio:>6} {mib(r['peak']):>11} {mib(r['peak'] - r['base']):>11} {mib(estimate):>11}", flush=True)
+                  f"{ratio:>6} {mib(r['peak']):>11} {mib(r['peak'] - r['base']):>11} {mib(estimate):>11} "
+                  f"{rate['tflops'] * 1e3:>8.2f} {rate['pct_of_peak']:>6.1f}%", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
   rewritten batch-size-free (``ArchSpec.export_rewrite``, models/dasr/export.py).
 * ``EnsembleGraph``: the geometric self-ensemble ×8 inside one graph (unclamped mean).
 * ``DegradationGraph``: DASR's encoder, image -> N×256.
-* ``HalfPrecision``: any of the above computing in fp16 with fp32 inputs and outputs, so every
-  artifact has the same interface and the fp32 fallback is a drop-in.
+* ``HalfPrecision``: any of the above computing in fp16 (bf16 for the compiled engine) with fp32
+  inputs and outputs, so every artifact has the same interface and the fp32 fallback is a drop-in.
 """
 from __future__ import annotations
 
@@ -89,15 +89,19 @@ class DegradationGraph(nn.Module):
 
 
 class HalfPrecision(nn.Module):
-    """fp16 inside, fp32 at the inputs and the output."""
+    """fp16 (or ``dtype``: bf16 for the compiled engine) inside, fp32 at the inputs and the output.
 
-    def __init__(self, graph: nn.Module):
+    The wrapped module is ``network``, not ``graph``: ``torch.export`` turns the module into an
+    ``fx.GraphModule``, whose ``graph`` attribute would hide a submodule of that name."""
+
+    def __init__(self, graph: nn.Module, dtype: torch.dtype = torch.float16):
         super().__init__()
-        self.graph = copy.deepcopy(graph).half()
+        self.dtype = dtype
+        self.network = copy.deepcopy(graph).to(dtype)
         self.scale = getattr(graph, "scale", None)
         self.needs_degradation = getattr(graph, "needs_degradation", False)
 
     def forward(self, image: torch.Tensor, degradation: torch.Tensor | None = None) -> torch.Tensor:
         if degradation is None:
-            return self.graph(image.half()).float()
-        return self.graph(image.half(), degradation.half()).float()
+            return self.network(image.to(self.dtype)).float()
+        return self.network(image.to(self.dtype), degradation.to(self.dtype)).float()

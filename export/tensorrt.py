@@ -149,13 +149,15 @@ class EngineRecord:
 
 
 class EngineCache:
-    """``root/<label>-<key>.plan`` + ``.json``; ``root/timing-<gpu>-<trt>.cache``."""
+    """``root/<label>-<key>.plan`` + ``.json``; ``root/timing-<gpu>-<trt>.cache``. The compiled
+    engine's AOTInductor packages use the same cache with ``suffix=".pt2"`` (``export.aoti``)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, suffix: str = ".plan"):
         self.root = Path(root)
+        self.suffix = suffix
 
     def plan_path(self, label: str, key: str) -> Path:
-        return self.root / f"{label}-{key}.plan"
+        return self.root / f"{label}-{key}{self.suffix}"
 
     def timing_cache_path(self, env: EngineEnvironment, *, tf32: bool = True) -> Path:
         """Per GPU and TensorRT version; strict-fp32 builds apart, since timings are specific to

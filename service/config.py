@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from srserve.models.errors import SRError
 
-Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+Backend = Literal["auto", "torch", "compiled", "onnxruntime", "tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 PREFERRED_DEFAULT_MODEL = "edsr"  # the default model when the repository has it and none is configured
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     default_scale: int | None = Field(None, ge=1, description="scale when the request gives neither scale "
                                       "nor outscale (default: 4 when the model serves it, else its largest)")
     backend: Backend = Field("auto", description="auto = onnxruntime when exported graphs exist, else torch "
-                             "(tensorrt first on CUDA)")
+                             "(CUDA: tensorrt, compiled, onnxruntime, torch)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     precision: Precision = Field("fp32", description="fp16/bf16 run only on CUDA for fp16-safe models")
     threads: int | None = Field(None, ge=1, description="CPU inference threads (default: torch's)")

@@ -1,6 +1,10 @@
 """Small facts about GPUs and TensorRT the runtime backends and the engine builder share."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+
 import torch
 
 DEFAULT_MAX_BATCH = 8
@@ -14,6 +18,17 @@ def tensorrt_available() -> bool:
     except ImportError:
         return False
     return int(tensorrt.__version__.split(".")[0]) >= TENSORRT_MIN_MAJOR and torch.cuda.is_available()
+
+
+def compile_toolchain_missing(device_type: str = "cuda") -> str:
+    """What the compiled engine lacks here to build its packages ("" when nothing): Inductor
+    generates Triton kernels on CUDA and compiles its C++ runner with the host compiler."""
+    missing = []
+    if device_type == "cuda" and importlib.util.find_spec("triton") is None:
+        missing.append("triton")
+    if not any(shutil.which(c) for c in filter(None, (os.environ.get("CXX"), "g++", "c++", "clang++"))):
+        missing.append("a C++ compiler")
+    return " and ".join(missing)
 
 
 def tile_window(model, scale: int, tile: int | None = None) -> int:

@@ -29,6 +29,11 @@ class ArtifactBuilder(Protocol):
 
     def tensorrt_engine(self, model: LoadedModel, scale: int, precision: str, **options): ...
 
+    def compiled_package(self, model: LoadedModel, scale: int, precision: str, *, cache_root: Path, device,
+                         max_side: int, max_batch: int, autotune: bool | None = None):
+        """(runner, info): ``runner(image[, degradation])`` runs the compiled network on the device;
+        ``runner.shape.accepts(shape)`` says which N×3×h×w batches it covers."""
+
 
 class OnnxArtifacts:
     def __init__(self, model: LoadedModel, cache_dir: str | Path | None = None, *,

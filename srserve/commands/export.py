@@ -1,24 +1,29 @@
-"""``srserve export --model NAME``: parity-checked ONNX graphs, TensorRT engines, a Triton repository.
+"""``srserve export --model NAME``: parity-checked ONNX graphs, TensorRT engines, compiled
+(AOTInductor) packages, a Triton repository.
 
 ONNX graphs go to REPO/NAME/onnx/ and are recorded in REPO/NAME/exports.json (sha256, opset,
 inputs/outputs with dynamic axes or static shape, the weights they come from, the parity numbers
-measured). TensorRT engines go to the engine cache (GPU only). A graph or engine that fails its
-parity check is not written; the command then exits 1 after trying the others.
+measured). TensorRT engines (GPU only) and the compiled engine's packages go to the engine cache,
+where the server finds them instead of building them at start. A graph, engine or package that
+fails its parity check is not written; the command then exits 1 after trying the others.
 """
 from __future__ import annotations
 
 import argparse
 
-HELP = "export a model to ONNX / TensorRT (parity-checked), optionally as a Triton model repository"
+HELP = "export a model to ONNX / TensorRT / compiled packages (parity-checked), optionally for Triton"
 
 EPILOG = """examples:
   srserve export --model edsr                                   fp32 ONNX, every scale
   srserve export --model mdsr --precision fp32,fp16 --self-ensemble --tile 128
   srserve export --model edsr --format onnx,tensorrt --precision fp16 --triton triton_repo   (GPU)
+  srserve export --model edsr --format aoti --precision fp16 --tile 128      (the compiled engine, GPU)
 artifacts: REPO/NAME/onnx/x{S}[.ensemble|.degradation].{fp32|fp16}[.tile{W}].onnx, REPO/NAME/exports.json;
---tile N adds graphs with a static WxW input, W = N + 2 x (the model's tile margin + its feather width)."""
+--tile N adds graphs with a static WxW input, W = N + 2 x (the model's tile margin + its feather width);
+TensorRT engines and compiled packages cover windows up to W and batches up to --max-batch: use the
+server's SR_TILE_SIZE and SR_MAX_BATCH_TILES so that it finds them (cache: $SR_ENGINE_CACHE)."""
 
-FORMATS = ("onnx", "tensorrt")
+FORMATS = ("onnx", "tensorrt", "aoti")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -50,20 +55,22 @@ def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="model name in the repository")
     p.add_argument("--scales", type=parse_scales, metavar="S[,S...]", help="scales to export (default: all)")
     p.add_argument("--format", type=csv_of(FORMATS), default=["onnx"], metavar="F[,F]",
-                   help="onnx and/or tensorrt (default: onnx; tensorrt needs a GPU and builds from the fp32 ONNX)")
+                   help="onnx, tensorrt and/or aoti (default: onnx; tensorrt needs a GPU and builds from the fp32 "
+                        "ONNX; aoti: the compiled engine's packages, for --device)")
     p.add_argument("--precision", type=csv_of(PRECISIONS), default=["fp32"], metavar="P[,P]",
-                   help="fp32, fp16 (ONNX graph and TensorRT flag), bf16 (TensorRT only); default fp32")
+                   help="fp32, fp16 (ONNX graph, TensorRT flag, package), bf16 (TensorRT, package); default fp32")
     p.add_argument("--self-ensemble", action="store_true", help="also export the self-ensemble x8 as one graph")
     p.add_argument("--tile", type=positive, metavar="N",
                    help="core tile size the server uses: adds static-window ONNX variants and sets the TensorRT "
                         "profile (default profile: the model's default tile)")
     p.add_argument("--opset", type=positive, default=17, help="ONNX opset (>= 17; default 17)")
-    p.add_argument("--max-batch", type=positive, default=8, help="TensorRT profile / Triton max batch (default 8)")
+    p.add_argument("--max-batch", type=positive, default=8,
+                   help="TensorRT profile / compiled package / Triton max batch (default 8)")
     p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository to DIR")
     p.add_argument("--triton-instance", choices=["KIND_GPU", "KIND_CPU"], default="KIND_GPU",
                    help="Triton instance_group kind (default KIND_GPU)")
     p.add_argument("--cache-dir", metavar="DIR", help="engine cache (default: $SR_ENGINE_CACHE or ~/.cache/srserve)")
-    p.add_argument("--device", default="cuda", help="GPU for TensorRT builds (default cuda)")
+    p.add_argument("--device", default="cuda", help="device of TensorRT builds and packages (default cuda)")
     p.add_argument("--no-tf32", action="store_true", help="TensorRT: strict fp32 layers (no TF32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -80,21 +87,26 @@ def run(args) -> int:
     unknown = [s for s in scales if s not in entry.scales]
     if unknown:
         raise ExportError(f"model {entry.name!r} serves scales {entry.scales}, not x{unknown[0]}")
-    engines = "tensorrt" in args.format
-    if "bf16" in args.precision and not engines:
-        raise ExportError("bf16 exists only as a TensorRT build flag: add --format tensorrt or use fp16")
+    engines, packages = "tensorrt" in args.format, "aoti" in args.format
+    if "bf16" in args.precision and not (engines or packages):
+        raise ExportError("bf16 exists only as a TensorRT build flag or a compiled package: add --format tensorrt "
+                          "or aoti, or use fp16")
     if engines:
         _require_tensorrt(args.device)
-    onnx_precisions = [p for p in args.precision if p in ONNX_PRECISIONS]
+    if packages:
+        _require_device(args.device)
+    onnx_precisions = [p for p in args.precision if p in ONNX_PRECISIONS] if "onnx" in args.format or engines else []
     if engines and "fp32" not in onnx_precisions:
         onnx_precisions.insert(0, "fp32")  # engines are built from the fp32 graph
-    model = entry.load(args.device if engines else "cpu", scales)
+    model = entry.load(args.device if engines or packages else "cpu", scales)
     windows = {s: tile_window(model, s, args.tile) for s in scales} if args.tile else None
     jobs = plan_jobs(model, scales, onnx_precisions, self_ensemble=args.self_ensemble, windows=windows)
     print(f"exporting {entry.name} ({entry.architecture}) x{','.join(map(str, scales))}: {len(jobs)} ONNX graph(s)"
-          f"{' + TensorRT engines' if engines else ''} into {entry.path}")
-    artifacts, failures = export_model(model, entry.path, jobs, opset=args.opset, progress=not args.quiet)
+          f"{' + TensorRT engines' if engines else ''}{' + compiled packages' if packages else ''} into {entry.path}")
+    artifacts, failures = export_model(model, entry.path, jobs, opset=args.opset, progress=not args.quiet) \
+        if jobs else ([], [])
     built = _build_engines(args, model, entry, scales) if engines and not failures else {}
+    compiled = _build_packages(args, model, scales, failures) if packages else 0
     if args.triton:
         from srserve.export.triton import write_triton_repository
 
@@ -102,10 +114,49 @@ def run(args) -> int:
                                           engine_max_batch=args.max_batch, max_batch_size=args.max_batch,
                                           instance_kind=args.triton_instance)
         print(f"triton repository: {len(folders)} model(s) in {args.triton}")
-    print(f"{len(artifacts)} graph(s) written, {len(built)} engine(s) ready, {len(failures)} failed")
+    print(f"{len(artifacts)} graph(s) written, {len(built)} engine(s) ready, {compiled} package(s) ready, "
+          f"{len(failures)} failed")
     for failure in failures:
         print(f"  FAILED {failure}")
     return 1 if failures else 0
+
+
+def _require_device(device: str) -> None:
+    import torch
+
+    from srserve.backends.artifacts import ExportError
+
+    kind = torch.device(device).type
+    if kind not in ("cuda", "cpu") or (kind == "cuda" and not torch.cuda.is_available()):
+        raise ExportError(f"compiled packages are built for the device they run on: {device} is not available here "
+                          "(use --device cpu, or build them on the GPU machine)")
+
+
+def _build_packages(args, model, scales, failures: list[str]) -> int:
+    """Builds (or finds cached) the compiled engine's packages for the server's tile window and
+    batch; a package that fails is reported in ``failures``."""
+    from pathlib import Path
+
+    import torch
+
+    from srserve.backends.artifacts import default_cache_dir
+    from srserve.backends.cuda import tile_window
+    from srserve.export.aoti import aoti_cache, load_compiled
+    from srserve.models.errors import SRError
+
+    cache = aoti_cache(Path(args.cache_dir or default_cache_dir()))
+    ready = 0
+    for scale in scales:
+        for precision in args.precision:
+            try:
+                _, info = load_compiled(model, scale, precision, cache=cache, device=torch.device(args.device),
+                                        max_side=tile_window(model, scale, args.tile), max_batch=args.max_batch)
+            except SRError as exc:
+                failures.append(str(exc))
+                continue
+            print(f"package x{scale} {precision}: {info['package']} ({'built' if info['built_now'] else 'cached'})")
+            ready += 1
+    return ready
 
 
 def _require_tensorrt(device: str) -> None:

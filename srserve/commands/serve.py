@@ -26,8 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 in containers)")
     p.add_argument("--port", type=int, help="listen port (default 8000)")
     p.add_argument("--models", metavar="A,B", help="models to serve (default: the whole repository + bicubic)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="default auto: onnxruntime when exported graphs exist, else torch")
+    p.add_argument("--backend", choices=["auto", "torch", "compiled", "onnxruntime", "tensorrt"],
+                   help="default auto: CPU: onnxruntime when exported graphs exist, else torch; CUDA: tensorrt, "
+                        "compiled, onnxruntime, torch (README, Engines)")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default fp32")
     p.add_argument("--max-batch-tiles", type=int, metavar="N", help="tiles per batch (default 1 on CPU, 8 on GPU)")
