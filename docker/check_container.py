@@ -112,7 +112,12 @@ def container_state(name: str) -> dict:
     return json.loads(docker("inspect", "-f", "{{json .State}}", name))
 
 
-def wait_ready(base: str, name: str, timeout_s: float = 600) -> float:
+# A hang guard, not a speed test: the baked-in repository warms every shipped model at full tile
+# size before /readyz turns 200; that took 545 s on a busy 2-core machine (ESRGAN alone 193 s).
+READY_TIMEOUT_S = 1800
+
+
+def wait_ready(base: str, name: str, timeout_s: float = READY_TIMEOUT_S) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         state = container_state(name)
