@@ -2,7 +2,10 @@
 
     POST /upscale?model=&scale=[&outscale=][&self_ensemble=][&format=][&quality=]
          body: raw image bytes (image/*) or multipart field ``image``       (routes/upscale.py)
+    POST /v1/jobs (same parameters and body)   GET /v1/jobs/{id}   GET /v1/jobs/{id}/result
+    DELETE /v1/jobs/{id}                                                    (routes/jobs.py)
     GET  /v1/models   GET /healthz   GET /readyz   GET /metrics             (routes/system.py)
+    GET  /  (the web page, service/web)                                     (routes/web.py)
     OpenAPI at /docs
 
 Errors are ``{"error": CODE, "detail": MESSAGE}`` (``errors``). The domain (lifecycle, admission,
@@ -27,13 +30,13 @@ from srserve import __version__
 from .config import Settings
 from .domain import InternalError, Service
 from .errors import ServiceError, error_response, service_error_response
-from .routes import system_router, upscale_router
+from .routes import jobs_router, system_router, upscale_router, web_router
 from .routes.upscale import RESULT_HEADERS
 
 log = logging.getLogger("srserve.service")
 
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+                405: "method_not_allowed", 410: "expired", 413: "too_large", 415: "unsupported_media_type",
                 422: "invalid_parameter", 429: "too_many_requests", 503: "unavailable"}
 
 
@@ -54,10 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Single-image super-resolution with cross-request tile batching.")
     app.state.service = service
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=RESULT_HEADERS)
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"],
+                           expose_headers=[*RESULT_HEADERS, "Location"])
     app.include_router(upscale_router)
+    app.include_router(jobs_router)
     app.include_router(system_router)
+    app.include_router(web_router)
     install_error_handlers(app, service)
     return app
 

@@ -5,12 +5,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ..bodies import read_image_body, watch_disconnect
+from ..cache import etag, etag_matches
 from ..deps import UpscaleParams, authorize, get_service, upscale_params
 from ..domain import CLIENT_CLOSED, Service
 from ..engine import Upscaled
 from ..errors import ERROR_RESPONSES, Cancelled, ServiceError, service_error_response
 
-RESULT_HEADERS = ["X-Model", "X-Scale", "X-Backend", "X-Inference-Ms", "X-Output-Size"]
+RESULT_HEADERS = ["X-Model", "X-Scale", "X-Backend", "X-Inference-Ms", "X-Output-Size", "X-Cache", "ETag"]
 
 UPSCALE_BODY = {"requestBody": {"required": True, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -22,22 +23,38 @@ UPSCALE_BODY = {"requestBody": {"required": True, "content": {
 router = APIRouter(dependencies=[Depends(authorize)])
 
 
-def result_headers(result: Upscaled) -> dict[str, str]:
+def result_headers(result: Upscaled, key: str, cache_hit: bool) -> dict[str, str]:
     return {"X-Model": result.model, "X-Scale": str(result.scale), "X-Backend": result.backend,
-            "X-Inference-Ms": f"{result.inference_ms:.1f}", "X-Output-Size": f"{result.width}x{result.height}"}
+            "X-Inference-Ms": f"{result.inference_ms:.1f}", "X-Output-Size": f"{result.width}x{result.height}",
+            "X-Cache": "hit" if cache_hit else "miss", "ETag": etag(key)}
+
+
+def image_response(request: Request, result: Upscaled | None, key: str, cache_hit: bool) -> Response:
+    """The image with its headers, or 304 when ``If-None-Match`` names its ETag (``result`` None:
+    the domain skipped the work because the client holds it)."""
+    if result is None or etag_matches(request.headers.get("if-none-match"), etag(key)):
+        return Response(status_code=304, headers={"ETag": etag(key), "X-Cache": "hit"})
+    return Response(result.data, media_type=result.media_type, headers=result_headers(result, key, cache_hit))
+
+
+def client_holds(request: Request):
+    """``holds(key)`` for the domain: the request's If-None-Match names this result."""
+    return lambda key: etag_matches(request.headers.get("if-none-match"), etag(key))
 
 
 @router.post("/upscale", openapi_extra=UPSCALE_BODY, response_class=Response, summary="Upscale an image",
              responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
                               "description": "the upscaled image; headers " + ", ".join(RESULT_HEADERS)},
+                        304: {"description": "If-None-Match names this result's ETag: nothing run or sent"},
                         **ERROR_RESPONSES})
 async def upscale(request: Request, params: UpscaleParams = Depends(upscale_params),
                   service: Service = Depends(get_service)) -> Response:
     try:
-        result = await service.upscale(lambda: read_image_body(request, service.settings.max_body_bytes),
-                                       params.model_dump(), watch=lambda work: watch_disconnect(request, work))
+        served = await service.upscale(lambda: read_image_body(request, service.settings.max_body_bytes),
+                                       params.model_dump(), watch=lambda work: watch_disconnect(request, work),
+                                       holds=client_holds(request))
     except Cancelled:
         return Response(status_code=CLIENT_CLOSED)
     except ServiceError as err:  # recorded by the service already
         return service_error_response(err)
-    return Response(result.data, media_type=result.media_type, headers=result_headers(result))
+    return image_response(request, served.result, served.key, served.cache_hit)
