@@ -53,6 +53,14 @@ class JobExpired(ServiceError):
 
 
 @dataclass
+class RunningJob:
+    """A job running here: its scheduler ticket, and an event set when a client cancels it."""
+
+    ticket: Ticket
+    cancelled: asyncio.Event
+
+
+@dataclass
 class JobResult:
     record: JobRecord
     result: Upscaled
@@ -70,7 +78,7 @@ class JobManager:
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="sr-jobs")
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._running: dict[str, Ticket] = {}
+        self._running: dict[str, RunningJob] = {}
         self._stopping = False
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -87,8 +95,8 @@ class JobManager:
     async def stop(self) -> None:
         """Stops the workers; their running jobs go back to the queue for the next server."""
         self._stopping = True
-        for ticket in self._running.values():
-            self.engine.scheduler.cancel(ticket)
+        for running in self._running.values():
+            self.engine.scheduler.cancel(running.ticket)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -132,9 +140,10 @@ class JobManager:
     async def cancel(self, job_id: str, api_key: str | None) -> JobRecord:
         await self.get(job_id, api_key)
         record = await self._io(self.store.cancel, job_id, time.time(), self.settings.job_ttl_s)
-        ticket = self._running.get(job_id)
-        if ticket is not None:  # running here: its tiles leave the queues now, not at the next heartbeat
-            self.engine.scheduler.cancel(ticket)
+        running = self._running.get(job_id)
+        if running is not None:  # running here: its tiles leave the queues now, not at the next heartbeat
+            self.engine.scheduler.cancel(running.ticket)
+            running.cancelled.set()
         return record
 
     async def result(self, job_id: str, api_key: str | None) -> JobResult:
@@ -178,7 +187,7 @@ class JobManager:
             return
         log.info("job %s: attempt %d", record.id, record.attempts)
         ticket = Ticket(deadline=float("inf"), priority=BACKGROUND)
-        self._running[record.id] = ticket
+        running = self._running[record.id] = RunningJob(ticket, asyncio.Event())
         progress = {"done": 0, "total": 0}
         labels = ["", ""]
         try:
@@ -197,7 +206,7 @@ class JobManager:
                 work = self.engine.upscale(ticket, request, on_model=lambda m: labels.__setitem__(0, m.name),
                                            on_job=lambda j: labels.__setitem__(1, str(j.size.scale)),
                                            on_progress=on_progress, max_pixels=self.settings.job_max_pixels)
-                result = await self._with_heartbeat(record, ticket, work, progress)
+                result = await self._with_heartbeat(record, running, work, progress)
                 self.cache.put(key, result)
             if self.cache.enabled:
                 self.metrics.cache_lookups(hit)
@@ -229,24 +238,28 @@ class JobManager:
         finally:
             self._running.pop(record.id, None)
 
-    async def _with_heartbeat(self, record: JobRecord, ticket: Ticket, work, progress: dict) -> Upscaled:
-        """Awaits ``work``, renewing the lease and recording progress; ``Cancelled`` when the store
-        says the job is no longer ours."""
+    async def _with_heartbeat(self, record: JobRecord, running: RunningJob, work, progress: dict) -> Upscaled:
+        """Awaits ``work``, renewing the lease and recording progress; ``Cancelled`` when a client
+        cancelled it here or the store says the job is no longer ours."""
         task = asyncio.ensure_future(work)
+        cancelled = asyncio.ensure_future(running.cancelled.wait())
         interval = min(PROGRESS_INTERVAL_S, self.settings.job_lease_s / 3)
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=interval)
-                if done:
+                done, _ = await asyncio.wait({task, cancelled}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                if task in done:
                     return task.result()
+                if cancelled in done:
+                    raise Cancelled()
                 ours = await self._io(self.store.heartbeat, record.id, self.worker_id, time.time(),
                                       self.settings.job_lease_s, progress["done"], progress["total"])
                 if not ours:
                     log.info("job %s was cancelled or taken over; dropping its tiles", record.id)
                     raise Cancelled()
         finally:
+            cancelled.cancel()
             if not task.done():
-                self.engine.scheduler.cancel(ticket)
+                self.engine.scheduler.cancel(running.ticket)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
