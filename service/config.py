@@ -27,6 +27,11 @@ PREFERRED_DEFAULT_MODEL = "edsr"  # the default model when the repository has it
 GPU_DEFAULT_BATCH = 8  # tiles per batch on a GPU when max_batch_tiles is not set
 
 
+def masked(url: str) -> str:
+    """A URL without its password (logs, /v1/models, error messages)."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
 class ConfigError(SRError):
     """The configuration (file, environment or flags) is invalid: one line for the operator."""
 
@@ -114,6 +119,7 @@ class Settings(BaseSettings):
 
     @property
     def jobs_path(self) -> Path:
+        """The local backend's spool directory."""
         from srserve.backends.artifacts import default_cache_dir
 
         return self.jobs_dir or (self.engine_cache or default_cache_dir()) / "jobs"
@@ -149,7 +155,7 @@ class Settings(BaseSettings):
         """The settings without secrets (for logs and /v1/models)."""
         data = self.model_dump(mode="json")
         data["api_keys"] = f"{len(self.api_keys)} key(s)" if self.api_keys else "off"
-        data["jobs_backend"] = re.sub(r"//[^@/]*@", "//***@", self.jobs_backend)  # a Redis password
+        data["jobs_backend"] = masked(self.jobs_backend)  # a Redis URL may hold a password
         return data
 
 

@@ -23,6 +23,9 @@ from __future__ import annotations
 import json
 import math
 
+from srserve.models.errors import SRError
+
+from ..config import masked
 from .record import QUEUED, STATUSES, JobRecord, StoreFull
 
 _END = """
@@ -182,7 +185,10 @@ class RedisJobStore:
         self._scripts = {name: self.client.register_script(text) for name, text in
                          (("create", CREATE), ("claim", CLAIM), ("heartbeat", HEARTBEAT), ("end", END),
                           ("cancel", CANCEL), ("release", RELEASE), ("sweep", SWEEP))}
-        self.client.ping()  # a wrong URL fails at startup, not at the first job
+        try:
+            self.client.ping()  # a wrong URL fails at startup, not at the first job
+        except redis.RedisError as exc:
+            raise SRError(f"cannot reach the jobs backend {masked(url)}: {exc}") from None
 
     def _run(self, name: str, *args):
         return self._scripts[name](args=[self.prefix, *args])

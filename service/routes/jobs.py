@@ -41,6 +41,7 @@ def job_view(record: JobRecord, now: float | None = None) -> dict:
         eta = round((now - record.started_at) * (total - done) / done, 1)
     view = {"id": record.id, "status": record.status, "tiles_done": done, "tiles_total": total,
             "progress": round(progress, 4), "eta_s": eta, "attempts": record.attempts,
+            "worker": record.owner or None,
             "created_at": iso(record.created_at), "started_at": iso(record.started_at),
             "finished_at": iso(record.finished_at), "expires_at": iso(record.expires_at),
             "expired": record.expired, "params": record.params, "links": links(record.id)}
