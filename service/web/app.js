@@ -5,6 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 250;
+const MIN_SHOWN = 512; // px: small results are shown enlarged, pixels kept sharp
 let models = [];
 let chosen = null; // the File to upscale
 let resultUrl = null;
@@ -62,7 +63,11 @@ function updateButton() {
 function choose(file) {
   if (!file) return;
   chosen = file;
-  $("drop-text").textContent = `${file.name} (${Math.round(file.size / 1024)} KB)`;
+  const kb = `${Math.round(file.size / 1024)} KB`;
+  $("drop-text").textContent = kb;
+  const probe = new Image();
+  probe.onload = () => { $("drop-text").textContent = `${probe.naturalWidth}×${probe.naturalHeight}, ${kb}`; };
+  probe.src = URL.createObjectURL(file);
   showError("");
   updateButton();
 }
@@ -129,8 +134,9 @@ function show(blob, job, seconds) {
   $("info").textContent = `${r.width}×${r.height} (×${r.scale}, ${r.model}), ${(blob.size / 1024).toFixed(0)} KB, `
     + `${seconds.toFixed(1)} s${r.cache === "hit" ? " (cached)" : ""}`;
   $("result").onload = () => {
-    // the input is shown at the result's display size, so both halves line up
-    $("before").style.width = `${Math.min($("result").naturalWidth, $("compare").parentElement.clientWidth - 36)}px`;
+    // both halves at one display size (at least MIN_SHOWN px, at most the page's width) so they line up
+    const room = $("output").clientWidth - 36;
+    $("before").style.width = `${Math.min(Math.max($("result").naturalWidth, MIN_SHOWN), room)}px`;
   };
   setProgress(1, `done in ${seconds.toFixed(1)} s`);
   $("output").hidden = false;
