@@ -17,13 +17,15 @@ SRSERVE = str(Path(sys.executable).parent / "srserve")
 
 
 class ServerProcess:
+    """Tiny tiles and batches, a spool of its own, the result cache off (``env`` overrides)."""
+
     def __init__(self, repository: Path, log: Path, env: dict[str, str] | None = None, port: int | None = None):
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self.env = {**os.environ, "SR_REPOSITORY": str(repository), "SR_TILE_SIZE": "16", "SR_MAX_BATCH_TILES": "8",
                     "SR_MAX_DELAY_MS": "20", "SR_DRAIN_TIMEOUT_S": "60", "SR_LOG_LEVEL": "warning",
-                    "SR_JOBS_DIR": str(log.parent / f"jobs-{self.port}"), **(env or {})}
+                    "SR_JOBS_DIR": str(log.parent / f"jobs-{self.port}"), "SR_CACHE_BYTES": "0", **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 180) -> "ServerProcess":

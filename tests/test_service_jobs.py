@@ -54,7 +54,7 @@ async def hold(app):
 
 def test_job_lifecycle_result_equals_upscale(repo, tmp_path):
     async def scenario():
-        async with running_app(settings(repo, tmp_path, cache_bytes=0)) as (app, client):
+        async with running_app(settings(repo, tmp_path)) as (app, client):
             body = image_bytes(60, 52, seed=4)
             created = await client.post("/v1/jobs?model=mdsr&scale=3", content=body, headers=PNG)
             assert created.status_code == 202, created.text
@@ -202,7 +202,7 @@ def test_cache_hit_answers_without_inference(repo, tmp_path):
     body = image_bytes(40, 36, seed=7)
 
     async def scenario():
-        async with running_app(settings(repo, tmp_path)) as (app, client):
+        async with running_app(settings(repo, tmp_path, cache_bytes=64 << 20)) as (app, client):
             scheduler = app.state.service.engine.scheduler
             first = await client.post("/upscale?model=edsr&scale=2", content=body, headers=PNG)
             batches = scheduler.batches_run
@@ -240,7 +240,7 @@ def test_cache_off_runs_every_request(repo, tmp_path):
     body = image_bytes(20, 20, seed=8)
 
     async def scenario():
-        async with running_app(settings(repo, tmp_path, cache_bytes=0)) as (app, client):
+        async with running_app(settings(repo, tmp_path)) as (app, client):  # cache_bytes=0: off
             scheduler = app.state.service.engine.scheduler
             replies = []
             for _ in range(2):
@@ -251,3 +251,23 @@ def test_cache_off_runs_every_request(repo, tmp_path):
     (first, batches_1, second, batches_2), metrics = asyncio.run(scenario())
     assert first.headers["x-cache"] == second.headers["x-cache"] == "miss" and batches_2 > batches_1
     assert metric(metrics, "sr_cache_hits_total") == 0 and metric(metrics, "sr_cache_misses_total") == 0
+
+
+def test_openapi_lists_the_jobs_api(repo, tmp_path):
+    async def scenario():
+        async with running_app(settings(repo, tmp_path)) as (_, client):
+            return (await client.get("/openapi.json")).json(), await client.get("/")
+
+    spec, page = asyncio.run(scenario())
+    paths = spec["paths"]
+    create = paths["/v1/jobs"]["post"]
+    assert {"image/*", "multipart/form-data"} <= set(create["requestBody"]["content"])
+    assert {p["name"] for p in create["parameters"]} >= {"model", "scale", "outscale", "self_ensemble", "format"}
+    assert {"202", "400", "401", "413", "503"} <= set(create["responses"])
+    assert set(paths["/v1/jobs/{job_id}"]) == {"get", "delete"}
+    assert {"200", "304", "404", "410"} <= set(paths["/v1/jobs/{job_id}/result"]["get"]["responses"])
+    assert "304" in paths["/upscale"]["post"]["responses"]
+    assert "/" not in paths  # the page is not API
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for element in ("file", "model", "scale", "upscale", "progress", "result", "download", "error"):
+        assert f'id="{element}"' in page.text
