@@ -1,9 +1,11 @@
 """The server's domain object, independent of HTTP: lifecycle, admission, one upscale call.
 
-``Service`` owns the ``Engine``, the result cache, the job manager (``jobs``) and the metrics. Lifecycle: the app listens at once; models load
-and warm up in the background (``state`` "starting" -> "ready" | "failed"). ``drain`` (SIGTERM,
-see ``server``) turns new work to 503 and waits for the accepted requests. The HTTP layer
-(``app``, ``routes``) only parses requests and formats responses.
+``Service`` owns the ``Engine``, the result cache, the job manager (``jobs``) and the metrics.
+Lifecycle: the app listens at once; models load and warm up in the background (``state``
+"starting" -> "ready" | "failed"; job workers start at "ready"). ``drain`` (SIGTERM, see
+``server``) turns new work to 503 and waits for the accepted requests; ``stop`` hands running
+jobs back to the job queue. The HTTP layer (``app``, ``routes``) only parses requests and
+formats responses.
 """
 from __future__ import annotations
 

@@ -196,16 +196,10 @@ class SqliteJobStore:
             return record
 
     def read_input(self, job_id) -> bytes | None:
-        try:
-            return (self.inputs / job_id).read_bytes()
-        except FileNotFoundError:
-            return None
+        return _read(self.inputs / job_id)
 
     def read_result(self, job_id) -> bytes | None:
-        try:
-            return (self.results / job_id).read_bytes()
-        except FileNotFoundError:
-            return None
+        return _read(self.results / job_id)
 
     def sweep(self, now, ttl_s) -> int:
         with self._lock:
@@ -230,3 +224,9 @@ class SqliteJobStore:
             self.db.close()
         self._lock_file.close()
 
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:  # the job ended (input) or expired (result) meanwhile
+        return None
