@@ -271,3 +271,21 @@ def test_openapi_lists_the_jobs_api(repo, tmp_path):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for element in ("file", "model", "scale", "upscale", "progress", "result", "download", "error"):
         assert f'id="{element}"' in page.text
+
+
+def test_store_errors_are_503_not_500(repo, tmp_path):
+    import sqlite3
+
+    def broken(*args):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async def scenario():
+        async with running_app(settings(repo, tmp_path)) as (app, client):
+            app.state.service.jobs.store.get = broken
+            app.state.service.jobs.store.create = broken
+            return (await client.get("/v1/jobs/" + "A" * 24),
+                    await client.post("/v1/jobs?model=edsr&scale=2", content=image_bytes(8, 8), headers=PNG))
+
+    for reply in asyncio.run(scenario()):
+        assert reply.status_code == 503 and reply.json()["error"] == "jobs_unavailable", reply.text
+        assert "retry-after" in reply.headers

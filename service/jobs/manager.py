@@ -107,6 +107,17 @@ class JobManager:
     async def _io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    async def _ask(self, fn, *args):
+        """A store call for a client: the store being unreachable is a 503, not a 500."""
+        try:
+            return await self._io(fn, *args)
+        except (StoreFull, ServiceError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - sqlite3/redis errors: the store is down or broken
+            log.error("job store error: %s: %s", type(exc).__name__, exc)
+            raise Unavailable("jobs_unavailable", f"the job store is unavailable ({type(exc).__name__}); "
+                              "retry later", retry_after=5) from None
+
     # --- the API's side ---------------------------------------------------------------------------
     async def create(self, body: bytes, params: dict, api_key: str | None) -> JobRecord:
         """Validates (model, scale, format, image header, pixel limit), then stores the job
@@ -122,7 +133,7 @@ class JobManager:
         record = JobRecord(id=new_job_id(), params=params, created_at=time.time(), input_bytes=len(body),
                            key_hash=key_hash(api_key))
         try:
-            await self._io(self.store.create, record, body, self.settings.jobs_max_bytes)
+            await self._ask(self.store.create, record, body, self.settings.jobs_max_bytes)
         except StoreFull as exc:
             raise Unavailable("jobs_full", f"the job store is full ({exc}); retry later",
                               retry_after=FULL_RETRY_AFTER_S) from None
@@ -132,14 +143,14 @@ class JobManager:
 
     async def get(self, job_id: str, api_key: str | None) -> JobRecord:
         """The record, or 404 for an unknown id and for a job created with another key."""
-        record = await self._io(self.store.get, job_id)
+        record = await self._ask(self.store.get, job_id)
         if record is None or (self.settings.api_keys and record.key_hash != key_hash(api_key)):
             raise JobNotFound(f"no job {job_id!r}")
         return record
 
     async def cancel(self, job_id: str, api_key: str | None) -> JobRecord:
         await self.get(job_id, api_key)
-        record = await self._io(self.store.cancel, job_id, time.time(), self.settings.job_ttl_s)
+        record = await self._ask(self.store.cancel, job_id, time.time(), self.settings.job_ttl_s)
         running = self._running.get(job_id)
         if running is not None:  # running here: its tiles leave the queues now, not at the next heartbeat
             self.engine.scheduler.cancel(running.ticket)
@@ -154,7 +165,7 @@ class JobManager:
         if record.status != DONE:
             reason = f": {record.detail}" if record.detail else ""
             raise JobNotReady(f"job {job_id} is {record.status}{reason}")
-        data = await self._io(self.store.read_result, job_id)
+        data = await self._ask(self.store.read_result, job_id)
         if data is None:  # swept between the two reads
             raise JobExpired(f"job {job_id}'s result expired (kept {self.settings.job_ttl_s:g}s)")
         meta = dict(record.result)
@@ -167,8 +178,8 @@ class JobManager:
         while not self._stopping:
             try:
                 record = await self._io(self.store.claim, self.worker_id, time.time(), self.settings.job_lease_s)
-            except Exception:  # noqa: BLE001 - the store is down: keep trying, do not die
-                log.exception("job worker %d: claiming failed", index)
+            except Exception as exc:  # noqa: BLE001 - the store is down: keep trying, do not die
+                log.warning("job worker %d: claiming failed: %s: %s", index, type(exc).__name__, exc)
                 record = None
             if record is None:
                 self._wake.clear()
@@ -177,7 +188,10 @@ class JobManager:
                 except TimeoutError:
                     pass
                 continue
-            await self._run(record)
+            try:
+                await self._run(record)
+            except Exception:  # noqa: BLE001 - the store failed while ending the job; it runs again later
+                log.exception("job %s: the job store failed", record.id)
 
     async def _run(self, record: JobRecord) -> None:
         started = time.monotonic()
@@ -251,8 +265,12 @@ class JobManager:
                     return task.result()
                 if cancelled in done:
                     raise Cancelled()
-                ours = await self._io(self.store.heartbeat, record.id, self.worker_id, time.time(),
-                                      self.settings.job_lease_s, progress["done"], progress["total"])
+                try:
+                    ours = await self._io(self.store.heartbeat, record.id, self.worker_id, time.time(),
+                                          self.settings.job_lease_s, progress["done"], progress["total"])
+                except Exception as exc:  # noqa: BLE001 - a store hiccup: keep computing, renew next time
+                    log.warning("job %s: heartbeat failed: %s: %s", record.id, type(exc).__name__, exc)
+                    ours = True
                 if not ours:
                     log.info("job %s was cancelled or taken over; dropping its tiles", record.id)
                     raise Cancelled()
