@@ -158,3 +158,23 @@ def test_two_servers_share_jobs_through_redis(tmp_path, redis_url):
     assert result.status_code == 200 and max_diff(result.content, sync.content) <= 1
     assert cancelled["status"] == "cancelled"
     assert metric(metrics, "sr_queue_depth", model="edsr", scale="2") == 0
+
+
+def test_unreachable_redis_or_busy_spool_stop_the_server_in_one_line(tmp_path):
+    repo = make_repository(tmp_path / "repo")
+    srserve = str(Path(sys.executable).parent / "srserve")
+    base = {**os.environ, "SR_REPOSITORY": str(repo), "SR_MODELS": "edsr"}
+    nobody = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    unreachable = subprocess.run([srserve, "serve", "--port", str(free_port())], capture_output=True, text=True,
+                                 timeout=120, env={**base, "SR_JOBS_BACKEND": nobody})
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    assert "cannot reach the jobs backend redis://***@127.0.0.1" in unreachable.stderr
+    assert "secret" not in unreachable.stderr
+    holder = ServerProcess(repo, tmp_path / "holder.log", {"SR_MODELS": "edsr"}).start()
+    try:
+        busy = subprocess.run([srserve, "serve", "--port", str(free_port())], capture_output=True, text=True,
+                              timeout=120, env={**base, "SR_JOBS_DIR": holder.env["SR_JOBS_DIR"]})
+    finally:
+        holder.kill()
+    assert busy.returncode == 1 and "Traceback" not in busy.stderr
+    assert f"used by another server (pid {holder.proc.pid})" in busy.stderr
