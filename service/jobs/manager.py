@@ -54,8 +54,10 @@ class JobExpired(ServiceError):
 
 @dataclass
 class RunningJob:
-    """A job running here: its scheduler ticket, and an event set when a client cancels it."""
+    """A job running here: the worker holding its lease, its scheduler ticket, and an event set
+    when a client cancels it."""
 
+    owner: str
     ticket: Ticket
     cancelled: asyncio.Event
 
@@ -74,7 +76,7 @@ class JobManager:
         self.cache = cache
         self.metrics = metrics
         self.store: JobStore | None = None
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_job_id()[:8]}"
+        self.server_id = f"{socket.gethostname()}:{os.getpid()}:{new_job_id()[:8]}"  # + "/N" per worker
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="sr-jobs")
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -175,9 +177,10 @@ class JobManager:
 
     # --- the workers ------------------------------------------------------------------------------
     async def _worker(self, index: int) -> None:
+        owner = f"{self.server_id}/{index}"  # one lease holder per worker: two never share a job
         while not self._stopping:
             try:
-                record = await self._io(self.store.claim, self.worker_id, time.time(), self.settings.job_lease_s)
+                record = await self._io(self.store.claim, owner, time.time(), self.settings.job_lease_s)
             except Exception as exc:  # noqa: BLE001 - the store is down: keep trying, do not die
                 log.warning("job worker %d: claiming failed: %s: %s", index, type(exc).__name__, exc)
                 record = None
@@ -189,68 +192,76 @@ class JobManager:
                     pass
                 continue
             try:
-                await self._run(record)
+                await self._run(record, owner)
             except Exception:  # noqa: BLE001 - the store failed while ending the job; it runs again later
                 log.exception("job %s: the job store failed", record.id)
 
-    async def _run(self, record: JobRecord) -> None:
+    async def _run(self, record: JobRecord, owner: str) -> None:
         started = time.monotonic()
+        ticket = Ticket(deadline=float("inf"), priority=BACKGROUND)
+        running = RunningJob(owner, ticket, asyncio.Event())
         if record.attempts > MAX_ATTEMPTS:
-            await self._fail(record, "crashed", f"the server stopped {record.attempts - 1} times while running "
+            await self._fail(record, running, "crashed", f"the server stopped {record.attempts - 1} times while running "
                              "this job; not retried")
             return
-        log.info("job %s: attempt %d", record.id, record.attempts)
-        ticket = Ticket(deadline=float("inf"), priority=BACKGROUND)
-        running = self._running[record.id] = RunningJob(ticket, asyncio.Event())
+        log.info("job %s: attempt %d by %s", record.id, record.attempts, owner)
+        self._running[record.id] = running
         progress = {"done": 0, "total": 0}
         labels = ["", ""]
         try:
-            body = await self._io(self.store.read_input, record.id)
-            if body is None:
-                raise Cancelled()  # cancelled (input deleted) between the claim and now
-            request = UpscaleRequest(body=body, **record.params)
-            key = cache_key(body_digest(body), self.engine.result_identity(request))
-            result, hit = self.cache.get(key), True
-            if result is None:
-                hit = False
-
-                def on_progress(job) -> None:
-                    progress["done"], progress["total"] = job.tiles_done, job.tiles_total
-
-                work = self.engine.upscale(ticket, request, on_model=lambda m: labels.__setitem__(0, m.name),
-                                           on_job=lambda j: labels.__setitem__(1, str(j.size.scale)),
-                                           on_progress=on_progress, max_pixels=self.settings.job_max_pixels)
-                result = await self._with_heartbeat(record, running, work, progress)
-                self.cache.put(key, result)
-            if self.cache.enabled:
-                self.metrics.cache_lookups(hit)
-            meta = {**asdict(replace(result, data=b"")), "key": key, "cache": "hit" if hit else "miss"}
+            result, key, hit = await self._compute(record, running, progress, labels)
+            meta = asdict(result)
             del meta["data"]
-            if hit:
-                meta["inference_ms"] = 0.0
-            finished = await self._io(self.store.finish, record.id, self.worker_id, time.time(), result.data, meta,
+            meta.update(key=key, cache="hit" if hit else "miss")
+            finished = await self._io(self.store.finish, record.id, owner, time.time(), result.data, meta,
                                       self.settings.job_ttl_s, progress["total"])
             if finished:
                 self.metrics.job_finished(DONE, result.model, str(result.scale), time.monotonic() - started)
         except (Cancelled, asyncio.CancelledError):  # cancelled by a client, or the server stops (stop())
             self.engine.scheduler.cancel(ticket)
             if self._stopping:
-                await self._release(record)
+                await self._release(record, owner)
             else:
                 self.metrics.job_finished("cancelled", *labels, None)
         except Exception as exc:  # noqa: BLE001 - user errors fail the job with 4xx details; bugs are logged
             self.engine.scheduler.cancel(ticket)
             if self._stopping:  # the scheduler stopped under it: the next server runs it
-                await self._release(record)
+                await self._release(record, owner)
                 return
             err = classify(exc)
             if err is None:
                 log.exception("job %s failed", record.id)
-                await self._fail(record, "internal", "internal server error (logged)", labels)
+                await self._fail(record, running, "internal", "internal server error (logged)", labels)
             else:
-                await self._fail(record, err.code, err.detail, labels)
+                await self._fail(record, running, err.code, err.detail, labels)
         finally:
-            self._running.pop(record.id, None)
+            if self._running.get(record.id) is running:
+                del self._running[record.id]
+
+    async def _compute(self, record: JobRecord, running: RunningJob, progress: dict, labels: list
+                       ) -> tuple[Upscaled, str, bool]:
+        """The job's image from the result cache (``inference_ms`` 0) or the engine; (result, cache
+        key, hit). ``progress`` and ``labels`` are filled in as the engine goes."""
+        body = await self._io(self.store.read_input, record.id)
+        if body is None:
+            raise Cancelled()  # cancelled (input deleted) between the claim and now
+        request = UpscaleRequest(body=body, **record.params)
+        key = cache_key(body_digest(body), self.engine.result_identity(request))
+        cached = self.cache.get(key)
+        if self.cache.enabled:
+            self.metrics.cache_lookups(cached is not None)
+        if cached is not None:
+            return replace(cached, inference_ms=0.0), key, True
+
+        def on_progress(job) -> None:
+            progress["done"], progress["total"] = job.tiles_done, job.tiles_total
+
+        work = self.engine.upscale(running.ticket, request, on_model=lambda m: labels.__setitem__(0, m.name),
+                                   on_job=lambda j: labels.__setitem__(1, str(j.size.scale)),
+                                   on_progress=on_progress, max_pixels=self.settings.job_max_pixels)
+        result = await self._with_heartbeat(record, running, work, progress)
+        self.cache.put(key, result)
+        return result, key, False
 
     async def _with_heartbeat(self, record: JobRecord, running: RunningJob, work, progress: dict) -> Upscaled:
         """Awaits ``work``, renewing the lease and recording progress; ``Cancelled`` when a client
@@ -266,7 +277,7 @@ class JobManager:
                 if cancelled in done:
                     raise Cancelled()
                 try:
-                    ours = await self._io(self.store.heartbeat, record.id, self.worker_id, time.time(),
+                    ours = await self._io(self.store.heartbeat, record.id, running.owner, time.time(),
                                           self.settings.job_lease_s, progress["done"], progress["total"])
                 except Exception as exc:  # noqa: BLE001 - a store hiccup: keep computing, renew next time
                     log.warning("job %s: heartbeat failed: %s: %s", record.id, type(exc).__name__, exc)
@@ -281,15 +292,15 @@ class JobManager:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async def _fail(self, record: JobRecord, code: str, detail: str, labels=("", "")) -> None:
+    async def _fail(self, record: JobRecord, running: RunningJob, code: str, detail: str, labels=("", "")) -> None:
         log.info("job %s failed: %s: %s", record.id, code, detail)
-        if await self._io(self.store.fail, record.id, self.worker_id, time.time(), code, detail,
+        if await self._io(self.store.fail, record.id, running.owner, time.time(), code, detail,
                           self.settings.job_ttl_s):
             self.metrics.job_finished("failed", *labels, None)
 
-    async def _release(self, record: JobRecord) -> None:
+    async def _release(self, record: JobRecord, owner: str) -> None:
         try:
-            await self._io(self.store.release, record.id, self.worker_id)
+            await self._io(self.store.release, record.id, owner)
         except Exception:  # noqa: BLE001 - the lease expires and another server takes it anyway
             log.warning("job %s: could not release it; it resumes when its lease expires", record.id)
 
