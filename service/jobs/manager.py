@@ -217,6 +217,8 @@ class JobManager:
                                       self.settings.job_ttl_s, progress["total"])
             if finished:
                 self.metrics.job_finished(DONE, result.model, str(result.scale), time.monotonic() - started)
+            elif (await self._io(self.store.get, record.id)).status == "cancelled":
+                self.metrics.job_finished("cancelled", *labels, None)  # cancelled as its last tiles ran
         except (Cancelled, asyncio.CancelledError):  # cancelled by a client, or the server stops (stop())
             self.engine.scheduler.cancel(ticket)
             if self._stopping:
