@@ -18,4 +18,5 @@ for package, folder in PACKAGE_DIRS.items():
     packages.append(package)
     packages += [f"{package}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=PACKAGE_DIRS, package_data={"srserve.train": ["configs/*.yaml"]})
+setup(packages=packages, package_dir=PACKAGE_DIRS, package_data={"srserve.train": ["configs/*.yaml"],
+                                                                  "srserve.service": ["web/*"]})

@@ -2,7 +2,10 @@
 
     POST /upscale?model=&scale=[&outscale=][&self_ensemble=][&format=][&quality=]
          body: raw image bytes (image/*) or multipart field ``image``       (routes/upscale.py)
+    POST /v1/jobs (same parameters and body)   GET /v1/jobs/{id}   GET /v1/jobs/{id}/result
+    DELETE /v1/jobs/{id}                                                    (routes/jobs.py)
     GET  /v1/models   GET /healthz   GET /readyz   GET /metrics             (routes/system.py)
+    GET  /  (the web page, service/web)                                     (routes/web.py)
     OpenAPI at /docs
 
 Errors are ``{"error": CODE, "detail": MESSAGE}`` (``errors``). The domain (lifecycle, admission,
@@ -28,13 +31,13 @@ from .config import Settings
 from .deps import no_repeated_parameters, shorten
 from .domain import InternalError, Service
 from .errors import ServiceError, error_response, service_error_response
-from .routes import system_router, upscale_router
+from .routes import jobs_router, system_router, upscale_router, web_router
 from .routes.upscale import RESULT_HEADERS
 
 log = logging.getLogger("srserve.service")
 
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+                405: "method_not_allowed", 410: "expired", 413: "too_large", 415: "unsupported_media_type",
                 422: "invalid_parameter", 429: "too_many_requests", 503: "unavailable"}
 
 
@@ -56,10 +59,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Single-image super-resolution with cross-request tile batching.")
     app.state.service = service
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=list(RESULT_HEADERS))
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"],
+                           expose_headers=[*RESULT_HEADERS, "Location"])
     app.include_router(upscale_router)
+    app.include_router(jobs_router)
     app.include_router(system_router)
+    app.include_router(web_router)
     install_error_handlers(app, service)
     return app
 
@@ -82,7 +88,10 @@ def install_error_handlers(app: FastAPI, service: Service) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = STATUS_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names the methods of one matching route, not all of them
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(InternalError)
     @app.exception_handler(Exception)
@@ -90,6 +99,18 @@ def install_error_handlers(app: FastAPI, service: Service) -> None:
         if not isinstance(exc, InternalError):  # InternalError was logged where it happened
             log.exception("internal error serving %s", request.url.path)
         return error_response(500, "internal", "internal server error (logged)")
+
+
+def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
+    """Every method some route serves at this path (for a 405's Allow header)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def _validation_message(error: dict) -> str:

@@ -10,6 +10,10 @@ Tiles of any request with the same key stack into one backend call.
   since it was last served (round-robin across models and shapes).
 * **Fairness**: inside a queue the tiles sit in one lane per request and a batch takes one tile
   per lane in turn, so a 500-tile image and a 1-tile image share every batch.
+* **Priority**: a ticket is ``INTERACTIVE`` (``/upscale``) or ``BACKGROUND`` (a job). While any
+  interactive tile is queued only interactive tiles are batched, so a job of thousands of tiles
+  delays a synchronous request by at most the batch already running; job tiles run when no
+  interactive tile waits.
 * **Cancellation**: a cancelled or expired request's lanes are removed; tiles already in a
   running batch are computed and dropped.
 * **Scatter**: outputs go to a single collector thread, which hands them to their job
@@ -43,6 +47,8 @@ log = logging.getLogger("srserve.service")
 
 _ticket_ids = itertools.count(1)
 
+INTERACTIVE, BACKGROUND = 0, 1  # Ticket.priority: lower is served first
+
 
 class Runner(Protocol):
     """What the scheduler needs of a served model."""
@@ -69,6 +75,7 @@ class Ticket:
     """One HTTP request as the scheduler sees it."""
 
     deadline: float  # time.monotonic()
+    priority: int = INTERACTIVE
     id: int = field(default_factory=lambda: next(_ticket_ids))
     cancelled: bool = False
     inference_s: float = 0.0  # this request's share of the backend time of its batches
@@ -152,49 +159,69 @@ class TileJob:
 
 
 class TileQueue:
-    """The tiles of one ``BatchKey``, one lane (deque) per request, served round-robin."""
+    """The tiles of one ``BatchKey``, one lane (deque) per request, served round-robin; lanes
+    are kept per priority and a batch only takes tiles of the most urgent priority present."""
 
     def __init__(self, key: BatchKey, model: Runner):
         self.key = key
         self.model = model
-        self.lanes: OrderedDict[int, deque[TileJob]] = OrderedDict()
-        self.size = 0
+        self.lanes: dict[int, OrderedDict[int, deque[TileJob]]] = {}  # priority -> ticket id -> lane
+        self.sizes: dict[int, int] = {}
         self.last_served = 0.0
 
-    def push(self, ticket: Ticket, jobs: list[TileJob]) -> None:
-        self.lanes.setdefault(ticket.id, deque()).extend(jobs)
-        self.size += len(jobs)
+    @property
+    def size(self) -> int:
+        return sum(self.sizes.values())
 
-    def oldest(self) -> float:
-        """Enqueue time of the oldest waiting tile (each lane is in arrival order)."""
-        return min(lane[0].enqueued for lane in self.lanes.values())
+    def push(self, ticket: Ticket, jobs: list[TileJob]) -> None:
+        self.lanes.setdefault(ticket.priority, OrderedDict()).setdefault(ticket.id, deque()).extend(jobs)
+        self.sizes[ticket.priority] = self.sizes.get(ticket.priority, 0) + len(jobs)
+
+    def holds(self, priority: int) -> bool:
+        return self.sizes.get(priority, 0) > 0
+
+    @property
+    def priority(self) -> int:
+        """The most urgent priority with tiles waiting here."""
+        return min(p for p, n in self.sizes.items() if n)
+
+    def oldest(self, priority: int | None = None) -> float:
+        """Enqueue time of the oldest waiting tile of ``priority`` (default: the most urgent)."""
+        lanes = self.lanes[self.priority if priority is None else priority]
+        return min(lane[0].enqueued for lane in lanes.values())
 
     def waiting_since(self) -> float:
         """Priority between queues: time since the queue was served or its oldest tile came."""
         return max(self.oldest(), self.last_served)
 
     def take(self, n: int, now: float) -> tuple[list[TileJob], list[TileJob]]:
-        """Up to ``n`` live tiles, one per lane in turn; also returns the dropped ones."""
+        """Up to ``n`` live tiles of the most urgent priority, one per lane in turn; also
+        returns the dropped ones."""
+        priority = self.priority
+        lanes = self.lanes[priority]
         batch: list[TileJob] = []
         dropped: list[TileJob] = []
-        while len(batch) < n and self.lanes:
-            ticket_id, lane = next(iter(self.lanes.items()))
+        while len(batch) < n and lanes:
+            ticket_id, lane = next(iter(lanes.items()))
             job = lane.popleft()
-            self.size -= 1
+            self.sizes[priority] -= 1
             if lane:
-                self.lanes.move_to_end(ticket_id)
+                lanes.move_to_end(ticket_id)
             else:
-                del self.lanes[ticket_id]
+                del lanes[ticket_id]
             (dropped if job.work.ticket.dropped(now) else batch).append(job)
         self.last_served = now
         return batch, dropped
 
     def remove(self, ticket: Ticket) -> list[TileJob]:
-        lane = self.lanes.pop(ticket.id, None)
+        lane = self.lanes.get(ticket.priority, {}).pop(ticket.id, None)
         if not lane:
             return []
-        self.size -= len(lane)
+        self.sizes[ticket.priority] -= len(lane)
         return list(lane)
+
+    def all_jobs(self) -> list[TileJob]:
+        return [job for lanes in self.lanes.values() for lane in lanes.values() for job in lane]
 
 
 class Scheduler:
@@ -209,6 +236,7 @@ class Scheduler:
         self._queues: dict[BatchKey, TileQueue] = {}
         self._calls: deque[tuple[Callable[[], object], Future]] = deque()
         self._queued = 0
+        self._queued_by_priority: dict[int, int] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"sr-inference-{device}", daemon=True)
         self._collector = ThreadPoolExecutor(1, thread_name_prefix="sr-stitch")
@@ -224,11 +252,12 @@ class Scheduler:
         drained first, so only requests past the drain timeout lose their work)."""
         with self._cond:
             self._stopping = True
-            dropped = [job for queue in self._queues.values() for lane in queue.lanes.values() for job in lane]
+            dropped = [job for queue in self._queues.values() for job in queue.all_jobs()]
             calls = list(self._calls)
             self._queues.clear()
             self._calls.clear()
             self._queued = 0
+            self._queued_by_priority.clear()
             self._cond.notify_all()
         self._count_dequeued(dropped)
         for _, future in calls:
@@ -243,6 +272,14 @@ class Scheduler:
     @property
     def queued_tiles(self) -> int:
         return self._queued
+
+    def queued_tiles_of(self, priority: int) -> int:
+        return self._queued_by_priority.get(priority, 0)
+
+    def _count_queued(self, priority: int, n: int) -> None:
+        """Lock held: ``n`` tiles of ``priority`` joined (n > 0) or left (n < 0) the queues."""
+        self._queued += n
+        self._queued_by_priority[priority] = self._queued_by_priority.get(priority, 0) + n
 
     def submit(self, work: ImageWork) -> None:
         """Queues every tile (and ensemble copy) of ``work``."""
@@ -259,7 +296,7 @@ class Scheduler:
                 if queue is None:
                     queue = self._queues[key] = TileQueue(key, work.model)
                 queue.push(work.ticket, jobs)
-                self._queued += len(jobs)
+                self._count_queued(work.ticket.priority, len(jobs))
             self._cond.notify()
         self.metrics.queue_depth.labels(work.model.name, str(work.job.scale)).inc(work.tile_jobs)
 
@@ -268,7 +305,7 @@ class Scheduler:
         ticket.cancelled = True
         with self._cond:
             removed = [job for queue in self._queues.values() for job in queue.remove(ticket)]
-            self._queued -= len(removed)
+            self._count_queued(ticket.priority, -len(removed))
             for key in [key for key, queue in self._queues.items() if not queue.size]:
                 del self._queues[key]
         self._count_dequeued(removed)
@@ -310,8 +347,9 @@ class Scheduler:
             now = time.monotonic()
             queue, wait = self._pick(now)
             if queue is not None:
+                priority = queue.priority
                 batch, dropped = queue.take(self.max_batch, now)
-                self._queued -= len(batch) + len(dropped)
+                self._count_queued(priority, -(len(batch) + len(dropped)))
                 if not queue.size:
                     del self._queues[queue.key]
                 self._count_dequeued(batch + dropped)
@@ -321,11 +359,15 @@ class Scheduler:
             self._cond.wait(wait)
 
     def _pick(self, now: float) -> tuple[TileQueue | None, float | None]:
-        """The ready queue waiting longest, else how long until the next one is due."""
+        """The ready queue waiting longest, else how long until the next one is due. While
+        interactive tiles wait anywhere, only queues holding them count (module doc)."""
         best, best_since, next_due = None, None, None
+        urgent = min((p for p, n in self._queued_by_priority.items() if n), default=INTERACTIVE)
         for queue in self._queues.values():
-            oldest = queue.oldest()
-            if queue.size >= self.max_batch or now - oldest >= self.max_delay_s:
+            if not queue.holds(urgent):
+                continue
+            oldest = queue.oldest(urgent)
+            if queue.sizes[urgent] >= self.max_batch or now - oldest >= self.max_delay_s:
                 since = queue.waiting_since()
                 if best is None or since < best_since:
                     best, best_since = queue, since

@@ -9,6 +9,7 @@ Unknown keys are refused so a typo in a config file is an error, not a silent de
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,11 @@ Precision = Literal["fp32", "fp16", "bf16"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 PREFERRED_DEFAULT_MODEL = "edsr"  # the default model when the repository has it and none is configured
 GPU_DEFAULT_BATCH = 8  # tiles per batch on a GPU when max_batch_tiles is not set
+
+
+def masked(url: str) -> str:
+    """A URL without its password (logs, /v1/models, error messages)."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 class ConfigError(SRError):
@@ -76,6 +82,21 @@ class Settings(BaseSettings):
     max_pixels: int = Field(2048 * 2048, ge=1, description="largest input in pixels, from the header (413 above)")
     max_output_pixels: int = Field(8192 * 8192, ge=1, description="largest output in pixels, checked before any "
                                    "work (413 above)")
+    # --- jobs (POST /v1/jobs) and the result cache ---
+    jobs_backend: str = Field("local", description="local = a spool directory with SQLite (one server); "
+                              "redis://HOST:PORT/DB = shared by every server (state, leases, queue, inputs, results)")
+    jobs_dir: Path | None = Field(None, description="spool of the local backend (default: SR_ENGINE_CACHE/jobs, "
+                                  "else ~/.cache/srserve/jobs)")
+    job_max_pixels: int = Field(8192 * 8192, ge=1, description="largest job input in pixels (413 above)")
+    job_max_body_bytes: int = Field(256 << 20, ge=1, description="largest job request body (413 above)")
+    job_ttl_s: float = Field(3600.0, gt=0, description="how long results (and errors) of finished jobs are kept; "
+                             "410 after")
+    jobs_max_bytes: int = Field(4 << 30, ge=0, description="inputs + results held; new jobs get 503 beyond it "
+                                "(0 = no limit)")
+    job_workers: int = Field(2, ge=1, description="jobs one server runs at once (their tiles share batches)")
+    job_lease_s: float = Field(30.0, gt=0, description="a job whose server stops renewing its lease this long is "
+                               "taken over by another server")
+    cache_bytes: int = Field(256 << 20, ge=0, description="result cache (memory LRU) size; 0 turns it off")
     # --- access ---
     api_keys: StrList = Field(default_factory=list, description="accepted keys (Authorization: Bearer or "
                               "X-API-Key); empty = no authentication")
@@ -97,6 +118,20 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("jobs_backend")
+    @classmethod
+    def _check_jobs_backend(cls, value: str) -> str:
+        if value != "local" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must be local or a Redis URL (redis://HOST:PORT/DB), not {value!r}")
+        return value
+
+    @property
+    def jobs_path(self) -> Path:
+        """The local backend's spool directory."""
+        from srserve.backends.artifacts import default_cache_dir
+
+        return self.jobs_dir or (self.engine_cache or default_cache_dir()) / "jobs"
 
     @field_validator("device")
     @classmethod
@@ -129,6 +164,7 @@ class Settings(BaseSettings):
         """The settings without secrets (for logs and /v1/models)."""
         data = self.model_dump(mode="json")
         data["api_keys"] = f"{len(self.api_keys)} key(s)" if self.api_keys else "off"
+        data["jobs_backend"] = masked(self.jobs_backend)  # a Redis URL may hold a password
         return data
 
 

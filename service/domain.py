@@ -1,33 +1,50 @@
 """The server's domain object, independent of HTTP: lifecycle, admission, one upscale call.
 
-``Service`` owns the ``Engine`` and the metrics. Lifecycle: the app listens at once; models load
-and warm up in the background (``state`` "starting" -> "ready" | "failed"). ``drain`` (SIGTERM,
-see ``server``) turns new work to 503 and waits for the accepted requests. The HTTP layer
-(``app``, ``routes``) only parses requests and formats responses.
+``Service`` owns the ``Engine``, the result cache, the job manager (``jobs``) and the metrics.
+Lifecycle: the app listens at once; models load and warm up in the background (``state``
+"starting" -> "ready" | "failed"; job workers start at "ready"). ``drain`` (SIGTERM, see
+``server``) turns new work to 503 and waits for the accepted requests; ``stop`` hands running
+jobs back to the job queue. The HTTP layer (``app``, ``routes``) only parses requests and
+formats responses.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from srserve.models.errors import SRError
 
 from .batching import Ticket
+from .cache import ResultCache, body_digest, cache_key
 from .config import Settings
 from .engine import Engine, UpscaleOptions, Upscaled, UpscaleRequest
 from .errors import Cancelled, DeadlineExceeded, ServiceError, Unavailable, classify
+from .jobs import JobManager
 from .metrics import Metrics
 
 log = logging.getLogger("srserve.service")
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away; only counted, never sent
+NOT_MODIFIED = 304  # the client already holds the result (If-None-Match)
 
 
 class InternalError(Exception):
     """A bug while serving (logged with its traceback; the client gets a 500 without details)."""
+
+
+@dataclass
+class Served:
+    """The answer to one upscale call: the image (None when the caller already holds the result
+    with this ``key``), the result cache key, and whether the cache answered."""
+
+    result: Upscaled | None
+    key: str
+    cache_hit: bool
 
 
 class Service:
@@ -37,6 +54,9 @@ class Service:
         self.settings = settings
         self.metrics = Metrics(settings.torch_device)
         self.engine = Engine(settings, self.metrics)
+        self.cache = ResultCache(settings.cache_bytes)
+        self.metrics.cache_bytes.set_function(lambda: self.cache.bytes)
+        self.jobs = JobManager(settings, self.engine, self.cache, self.metrics)
         self.state = "starting"  # -> ready | failed; ready -> draining
         self.failure = ""
         self.inflight = 0
@@ -48,6 +68,7 @@ class Service:
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         self.engine.start()
+        await asyncio.get_running_loop().run_in_executor(None, self.jobs.open)
         self._startup = asyncio.create_task(self._load_and_warm())
 
     async def _load_and_warm(self) -> None:
@@ -62,6 +83,7 @@ class Service:
             return
         if self.state == "starting":
             self.state = "ready"
+            self.jobs.start_workers()
         log.info("ready: %d models in %.1fs (%s)", len(self.engine.models), time.monotonic() - started,
                  ", ".join(self.engine.models))
 
@@ -87,6 +109,7 @@ class Service:
     async def stop(self) -> None:
         if self._startup is not None and not self._startup.done():
             self._startup.cancel()
+        await self.jobs.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
 
     # --- admission ----------------------------------------------------------------------------
@@ -139,10 +162,12 @@ class Service:
 
     # --- /upscale -----------------------------------------------------------------------------
     async def upscale(self, read_body: Callable[[], Awaitable[bytes]], options: UpscaleOptions,
-                      watch: Callable[[Awaitable], Awaitable] | None = None) -> Upscaled:
-        """Reads the body, runs it and records the outcome. Raises ``ServiceError`` (4xx/5xx),
-        ``Cancelled`` (the client left) or ``InternalError``; ``watch`` wraps the computation
-        (the HTTP layer cancels it when the client disconnects)."""
+                      watch: Callable[[Awaitable], Awaitable] | None = None,
+                      holds: Callable[[str], bool] | None = None) -> Served:
+        """Reads the body, answers from the result cache or runs it, and records the outcome.
+        Raises ``ServiceError`` (4xx/5xx), ``Cancelled`` (the client left) or ``InternalError``;
+        ``watch`` wraps the computation (the HTTP layer cancels it when the client disconnects);
+        ``holds(key)`` true means the caller already has this result: nothing is run or sent."""
         started = time.monotonic()
         labels = ["", ""]
         ticket = Ticket(deadline=started + self.settings.body_timeout_s + self.settings.request_timeout_s)
@@ -153,10 +178,16 @@ class Service:
                 ticket.deadline = time.monotonic() + self.settings.request_timeout_s
                 async with asyncio.timeout(self.settings.request_timeout_s):
                     request = UpscaleRequest.of(body, options)
-                    work = self.engine.upscale(
-                        ticket, request, on_model=lambda m: labels.__setitem__(0, m.name),
-                        on_job=lambda j: labels.__setitem__(1, str(j.size.scale)))
-                    result = await (watch(work) if watch is not None else work)
+                    identity = self.engine.result_identity(request)
+                    labels[0] = identity["model"]
+                    key = cache_key(body_digest(request.body), identity)
+                    served = self._from_cache(key, holds)
+                    if served is None:
+                        work = self.engine.upscale(
+                            ticket, request, on_model=lambda m: labels.__setitem__(0, m.name),
+                            on_job=lambda j: labels.__setitem__(1, str(j.size.scale)))
+                        served = Served(await (watch(work) if watch is not None else work), key, False)
+                        self.cache.put(key, served.result)
         except TimeoutError:
             self.engine.scheduler.cancel(ticket)
             err = DeadlineExceeded(f"not finished within {self.settings.request_timeout_s:g}s")
@@ -172,13 +203,37 @@ class Service:
                 self.record(*labels, 500, "internal")
                 raise InternalError() from exc
         else:
-            self.record(*labels, 200)
-            self.metrics.request_duration.labels(*labels).observe(time.monotonic() - started)
+            result = served.result
+            if result is None:
+                self.record(labels[0], labels[1], NOT_MODIFIED)
+                return served
+            self.record(result.model, str(result.scale), 200)
+            self.metrics.request_duration.labels(result.model, str(result.scale)).observe(time.monotonic() - started)
             self.metrics.input_pixels.labels(result.model).inc(result.input_pixels)
             self.metrics.output_pixels.labels(result.model).inc(result.width * result.height)
-            return result
+            return served
         self.record(*labels, err.status, err.code)
         raise err
+
+    def _from_cache(self, key: str, holds: Callable[[str], bool] | None) -> Served | None:
+        """A hit (the cached image, no inference; ``inference_ms`` 0), the caller's own copy
+        (``holds``), or None: run it. Counts hits and misses when the cache is on."""
+        if holds is not None and holds(key):
+            return Served(None, key, True)
+        if not self.cache.enabled:
+            return None
+        cached = self.cache.get(key)
+        self.metrics.cache_lookups(cached is not None)
+        return None if cached is None else Served(dataclasses.replace(cached, inference_ms=0.0), key, True)
+
+    # --- /v1/jobs ------------------------------------------------------------------------------
+    async def create_job(self, read_body: Callable[[], Awaitable[bytes]], options: UpscaleOptions,
+                         api_key: str | None):
+        """Accepts a job (503 unless ready, or when the job store is full); the record, stored."""
+        self.check_available()
+        with self.body_reader():
+            body = await read_body()
+        return await self.jobs.create(body, dataclasses.asdict(options), api_key)
 
     # --- /v1/models ---------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -191,4 +246,7 @@ class Service:
                          "max_inflight_requests": s.max_inflight_requests},
             "limits": {"max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels,
                        "request_timeout_s": s.request_timeout_s},
+            "jobs": {"backend": s.public()["jobs_backend"], "max_pixels": s.job_max_pixels,
+                     "max_body_bytes": s.job_max_body_bytes, "ttl_s": s.job_ttl_s, "workers": s.job_workers},
+            "cache": {"max_bytes": self.cache.max_bytes, "bytes": self.cache.bytes, "entries": len(self.cache)},
         }

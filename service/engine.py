@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -32,14 +33,14 @@ import torch
 
 from srserve.backends import create_backend
 from srserve.export import ExportBuilder
-from srserve.models.repository import BICUBIC, Repository
+from srserve.models.repository import BICUBIC, Repository, sha256_file
 from srserve.pipeline import ImageJob, TilingRequest, create_job, set_degradation
 from srserve.pipeline.image import OutputSize, resolve_output_size
-from srserve.pipeline.imageio import MEDIA_TYPES, encode_image, output_format, probe, read_image
+from srserve.pipeline.imageio import DEFAULT_QUALITY, MEDIA_TYPES, encode_image, output_format, probe, read_image
 from srserve.pipeline.memory import auto_tile_size, release_free_memory
 from srserve.pipeline.tiling import TilingConfig, default_tiling
 
-from .batching import ImageWork, Scheduler, Ticket
+from .batching import INTERACTIVE, ImageWork, Scheduler, Ticket
 from .config import PREFERRED_DEFAULT_MODEL, ConfigError, Settings
 from .errors import InvalidParameter, TooLarge, Unavailable
 from .metrics import Metrics
@@ -66,6 +67,7 @@ class ServedModel:
         self.uniform_windows = bool(tile_size) or uniform_windows
         self.shared_body = self._shared_body() if cross_scale else None
         self.cross_scale = self.shared_body is not None
+        self.weights_sha256 = weights_identity(self.loaded)
 
     def _fitting_tile(self, scale: int, batch: int) -> int:
         """The architecture's default tile, smaller where a batch of its windows would not fit
@@ -141,6 +143,16 @@ class ServedModel:
                                 "receptive_radius": round(cfg.receptive_radius, 2)}
                        for s, cfg in self.tiling.items()},
         }
+
+
+def weights_identity(loaded) -> str:
+    """sha256 over the sha256 of every weights file (hashed now when the repository lacks it);
+    ``bicubic`` has none and is named instead. Part of the result cache key."""
+    entry = loaded.entry
+    if entry is None:
+        return loaded.name
+    digests = [w.sha256 or sha256_file(entry.path / w.file) for w in entry.weights]
+    return hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -295,36 +307,59 @@ class Engine:
                            f"the limit is {limit} (SR_MAX_OUTPUT_PIXELS)")
         return size
 
-    def prepare(self, model: ServedModel, request: UpscaleRequest) -> ImageJob:
+    def result_identity(self, request: UpscaleRequest) -> dict:
+        """Everything besides the body that decides the output, with defaults filled in: the
+        model (name, weights sha256, backend, precision) and the normalised parameters. The
+        result cache keys on it; raises ``UnknownModel``/``InvalidParameter`` like a request."""
+        model = self.served_model(request.model)
+        scale, outscale = request.scale, request.outscale
+        if scale is None and outscale is None:
+            scale = self.settings.default_scale or default_scale(model.scales)
+        if scale is not None and scale not in model.scales:
+            raise InvalidParameter(f"model {model.name!r} serves scales {model.scales}, not x{scale}")
+        fmt = output_format(request.format)
+        quality = None if fmt not in DEFAULT_QUALITY else int(request.quality or DEFAULT_QUALITY[fmt])
+        return {"model": model.name, "weights_sha256": model.weights_sha256, "backend": model.backend_name,
+                "precision": model.precision, "scale": scale, "outscale": outscale,
+                "self_ensemble": bool(request.self_ensemble), "format": fmt, "quality": quality}
+
+    def prepare(self, model: ServedModel, request: UpscaleRequest, max_pixels: int | None = None) -> ImageJob:
         """Output size (from the header: limits before any decoding), decode, and the job's tile
         plan (I/O thread)."""
-        width, height, _ = probe(request.body, self.settings.max_pixels)
+        max_pixels = max_pixels or self.settings.max_pixels
+        width, height, _ = probe(request.body, max_pixels)
         size = self.output_size(model, height, width, request.scale, request.outscale)
-        raster = read_image(request.body, self.settings.max_pixels)
+        raster = read_image(request.body, max_pixels)
         return create_job(model.backend, raster, size, self_ensemble=request.self_ensemble,
                           tiling=model.tiling_request(size.scale))
 
     def admit(self, tiles: int) -> None:
-        """503 when the queues are full; a single large request is let into empty queues."""
-        queued = self.scheduler.queued_tiles
+        """503 when the queues are full; a single large request is let into empty queues. Only
+        interactive tiles count: job tiles wait behind them and jobs queue in the job store."""
+        queued = self.scheduler.queued_tiles_of(INTERACTIVE)
         if queued and queued + tiles > self.settings.max_queued_tiles:
             raise Unavailable("overloaded", f"{queued} tiles are queued; this request needs {tiles} more "
                               f"(limit {self.settings.max_queued_tiles}); retry later", retry_after=2)
 
     async def upscale(self, ticket: Ticket, request: UpscaleRequest, *, on_model: Callable[[ServedModel], None]
-                      | None = None, on_job: Callable[[ImageJob], None] | None = None) -> Upscaled:
+                      | None = None, on_job: Callable[[ImageJob], None] | None = None,
+                      on_progress: Callable[[ImageJob], None] | None = None, max_pixels: int | None = None
+                      ) -> Upscaled:
         """One request: decode -> job -> scheduler -> compose -> encode. ``on_model``/``on_job``
-        let the caller label metrics as soon as the model and the scale are known."""
+        let the caller label metrics as soon as the model and the scale are known;
+        ``on_progress`` is told after every tile (collector thread); ``max_pixels`` overrides
+        ``SR_MAX_PIXELS`` (jobs)."""
         model = self.served_model(request.model)
         if on_model is not None:
             on_model(model)
-        job = await self.in_io(self.prepare, model, request)
+        job = await self.in_io(self.prepare, model, request, max_pixels)
         if on_job is not None:
             on_job(job)
-        self.admit(job.tiles_total)
+        if ticket.priority == INTERACTIVE:
+            self.admit(job.tiles_total)
         try:
             await self._set_degradations(ticket, model, job)
-            work = ImageWork(ticket, model, job, asyncio.get_running_loop())
+            work = ImageWork(ticket, model, job, asyncio.get_running_loop(), on_progress=on_progress)
             self.scheduler.submit(work)
             await work.future
         except BaseException:

@@ -109,6 +109,7 @@ def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
     app = create_app(settings)
     app.state.service.engine.check()  # a wrong repository or model name fails here, in one line
+    app.state.service.jobs.open()  # so does a jobs spool in use or an unreachable Redis
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             lifespan="on", timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), access_log=True,
                             http=header_timeout_protocol(settings.header_timeout_s))

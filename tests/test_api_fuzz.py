@@ -33,9 +33,17 @@ from pipeline_nets import tiny_repository
 TESTS = Path(__file__).resolve().parent
 MODELS = ("edsr", "mdsr", "vdsr", "dasr", "rrdb2")  # every architecture family, one- and multi-scale
 MAX_EXAMPLES = 300  # per operation
+# Two stateful checks assume REST semantics the jobs API deliberately does not have (issue 14):
+# DELETE /v1/jobs/{id} cancels a job, which stays readable with status "cancelled" until it
+# expires (use_after_free), and a job's result is 404 until the job is done
+# (ensure_resource_availability).
 CONFIG = """
 [[operations]]
 include-path = "/upscale"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "404", "413", "422", "503"]
+
+[[operations]]
+include-path = "/v1/jobs"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "404", "413", "422", "503"]
 """
 
@@ -83,7 +91,7 @@ def fuzz_run(server, tmp_path_factory) -> dict:
     (work / "schemathesis.toml").write_text(CONFIG)
     report = work / "run.json"
     command = [str(Path(sys.executable).parent / "st"), "--config-file", str(work / "schemathesis.toml"), "run",
-               f"{base}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", "0",
+               f"{base}/openapi.json", "--checks", "all", "--exclude-checks", "use_after_free,ensure_resource_availability", "--max-examples", str(MAX_EXAMPLES), "--seed", "0",
                "--continue-on-failure", "--workers", "1", "--suppress-health-check", "all",
                "--request-timeout", "60", "--no-color", "--report", "json", "--report-json-path", str(report)]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "api_fuzz_checks",
@@ -101,7 +109,7 @@ def found(run: dict) -> set[tuple[str, str]]:
 
 def test_every_operation_was_fuzzed_without_errors(fuzz_run):
     assert fuzz_run["complete"] and fuzz_run["errors"] == [], fuzz_run["output"][-3000:]
-    assert fuzz_run["operations"]["tested"] == fuzz_run["operations"]["total"] == 5
+    assert fuzz_run["operations"]["tested"] == fuzz_run["operations"]["total"] == 9  # upscale, models, health, ready, metrics, web page, jobs x3
     assert fuzz_run["test_cases"]["generated"] >= 300  # the generators really ran
 
 

@@ -75,7 +75,8 @@ def service(tmp_path):
     repo = make_repository(tmp_path / "repo")
     port = free_port()
     env = {**os.environ, "SR_REPOSITORY": str(repo), "SR_MODELS": "edsr,mdsr,vdsr,bicubic", "SR_TILE_SIZE": "16",
-           "SR_MAX_BATCH_TILES": "8", "SR_MAX_DELAY_MS": "20", "SR_LOG_LEVEL": "warning"}
+           "SR_MAX_BATCH_TILES": "8", "SR_MAX_DELAY_MS": "20", "SR_LOG_LEVEL": "warning",
+           "SR_JOBS_DIR": str(tmp_path / "jobs")}
     log = tmp_path / "srserve.log"
     proc = start([str(Path(sys.executable).parent / "srserve"), "serve", "--port", str(port)], log, env)
     base = f"http://127.0.0.1:{port}"
@@ -134,10 +135,22 @@ def run_load(base: str) -> None:
                 reply = client.post(f"/upscale?model={model}&{scale_query}", content=body,
                                     headers={"Content-Type": "image/png"})
                 assert reply.status_code == 200, reply.text
+            repeat = client.post(f"/upscale?model={LOAD[0][0]}&{LOAD[0][1]}", headers={"Content-Type": "image/png"},
+                                 content=image_bytes(LOAD[0][2] + round_, LOAD[0][3], seed=10 * round_))
+            assert repeat.headers["x-cache"] == "hit", repeat.headers  # the round's first request again
+            run_job(client, image_bytes(20, 20, seed=100 + round_))
             for scale_query, body, content_type, status in BAD:
                 reply = client.post(f"/upscale?{scale_query}", content=body, headers={"Content-Type": content_type})
                 assert reply.status_code == status, (scale_query, reply.status_code, reply.text)
             time.sleep(1.0)  # spread over several scrapes so that rate() has points
+
+
+def run_job(client: httpx.Client, body: bytes) -> None:
+    job = client.post("/v1/jobs?model=edsr&scale=2", content=body, headers={"Content-Type": "image/png"}).json()
+    deadline = time.monotonic() + 60
+    while client.get(job["links"]["self"]).json()["status"] != "done":
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.05)
 
 
 def grafana_substitute(expr: str) -> str:

@@ -60,6 +60,11 @@ def rendered_k8s() -> list[dict]:
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
+def srserve_objects() -> dict[str, dict]:
+    """srserve's own rendered objects by kind (redis.yaml adds a second Service)."""
+    return {d["kind"]: d for d in rendered_k8s() if d["metadata"]["labels"].get("app.kubernetes.io/name") != "redis"}
+
+
 def settings_variables() -> set[str]:
     from srserve.service.config import Settings
 
@@ -156,12 +161,14 @@ def test_compose_config_is_valid(profile):
     done = run(compose_binary(), "-f", str(COMPOSE_FILE), "--profile", profile, "config", "--format", "json")
     assert done.returncode == 0, done.stderr
     services = json.loads(done.stdout)["services"]
-    assert set(services) == {f"srserve-{profile}", "prometheus", "grafana"}
+    assert set(services) == {f"srserve-{profile}", "redis", "prometheus", "grafana"}
     service = services[f"srserve-{profile}"]
     assert service["build"]["target"] == profile
     assert "srserve" in service["networks"]["default"]["aliases"]  # the name Prometheus scrapes
     assert service["healthcheck"]["test"][0] == "CMD"
     assert set(service["environment"]) <= settings_variables()
+    assert service["environment"]["SR_JOBS_BACKEND"] == "redis://redis:6379/0"  # the compose service
+    assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     drain = float(service["environment"]["SR_DRAIN_TIMEOUT_S"])
     grace = service["stop_grace_period"]
     assert _seconds(grace) > drain, f"stop_grace_period {grace} must exceed the drain timeout {drain}s"
@@ -270,7 +277,7 @@ def test_k8s_manifests_validate_against_kubernetes_1_30(tmp_path):
 def test_servicemonitor_selects_the_service_port():
     """kubernetes-validate has no schema for the Prometheus Operator CRD (it only warns that it
     cannot check it), so its meaning is checked here: it selects our Service and a named port."""
-    docs = {d["kind"]: d for d in rendered_k8s()}
+    docs = srserve_objects()
     monitor, service = docs["ServiceMonitor"], docs["Service"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     labels = service["metadata"]["labels"]
@@ -281,7 +288,7 @@ def test_servicemonitor_selects_the_service_port():
 
 
 def test_k8s_deployment_probes_gpu_and_shutdown_budget():
-    docs = {d["kind"]: d for d in rendered_k8s()}
+    docs = srserve_objects()
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -309,3 +316,18 @@ def test_k8s_deployment_probes_gpu_and_shutdown_budget():
 
 def test_k8s_env_file_matches_settings():
     assert set(env_file(K8S / "srserve.env")) <= settings_variables()
+
+
+def test_k8s_redis_serves_the_jobs_backend():
+    """The pods' SR_JOBS_BACKEND names the Service of redis.yaml, on its port, and Redis keeps an
+    append-only file on a volume and never evicts (an evicted key would be a lost job)."""
+    docs = [d for d in rendered_k8s() if d["metadata"]["labels"].get("app.kubernetes.io/name") == "redis"]
+    kinds = {d["kind"]: d for d in docs}
+    backend = env_file(K8S / "srserve.env")["SR_JOBS_BACKEND"]
+    host, port = re.match(r"redis://([^:/]+):(\d+)/\d+$", backend).groups()
+    service = kinds["Service"]
+    assert service["metadata"]["name"] == host and service["spec"]["ports"][0]["port"] == int(port)
+    (container,) = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    args = " ".join(container["args"])
+    assert "--appendonly yes" in args and "--maxmemory-policy noeviction" in args
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data"}

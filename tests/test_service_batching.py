@@ -13,7 +13,7 @@ import torch
 from srserve.pipeline import ImageJob, OutOfMemory, Plane
 from srserve.pipeline.ensemble import ENSEMBLE_TRANSFORMS, IDENTITY
 from srserve.pipeline.tiling import plan_tiles
-from srserve.service.batching import ImageWork, Scheduler, Ticket
+from srserve.service.batching import BACKGROUND, INTERACTIVE, ImageWork, Scheduler, Ticket
 from srserve.service.metrics import Metrics
 
 
@@ -61,11 +61,11 @@ class TaggingScheduler(Scheduler):
 
 
 def make_work(runner, loop, h: int, w: int, tile: int, *, ensemble: bool = False, seed: int = 0,
-              scale: int = 2) -> ImageWork:
+              scale: int = 2, priority: int = INTERACTIVE) -> ImageWork:
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
     plane = Plane(x, plan_tiles(h, w, scale, tile, 2), ENSEMBLE_TRANSFORMS if ensemble else IDENTITY)
     job = ImageJob(raster=None, size=None, planes=[plane], alpha="model")
-    work = ImageWork(Ticket(deadline=time.monotonic() + 60), runner, job, loop)
+    work = ImageWork(Ticket(deadline=time.monotonic() + 60, priority=priority), runner, job, loop)
     work.x, work.plan = x, plane.plan
     return work
 
@@ -157,6 +157,50 @@ def test_round_robin_across_queues():
 
     big_done, slow_batches = run_scheduler(scenario, max_batch=1)
     assert not big_done and slow_batches < 40
+
+
+def test_interactive_requests_go_ahead_of_a_big_job():
+    """A job of 64 tiles is running when two synchronous requests come (one in the job's queue,
+    one in another model's): after the job's batch already running, every batch holds only the
+    requests' tiles until both are done; then the job resumes and finishes exactly."""
+    shared, other = RecordingRunner("shared", hold_first=True), RecordingRunner("other")
+    order: list[str] = []  # which kind each batch was, in the order they ran (both runners)
+
+    class OrderingScheduler(TaggingScheduler):
+        def _run_tiles(self, model, jobs):
+            kinds = {job.work.ticket.priority for job in jobs}
+            order.append("job" if kinds == {BACKGROUND} else "sync" if kinds == {INTERACTIVE} else "mixed")
+            return super()._run_tiles(model, jobs)
+
+    async def scenario(scheduler, loop):
+        job = make_work(shared, loop, 64, 64, 8, seed=1, priority=BACKGROUND)  # 64 tiles of 12x12
+        scheduler.submit(job)
+        await started(shared)  # the job's first batch (2 tiles) is running
+        same_queue = make_work(shared, loop, 24, 24, 8, seed=2)  # 9 tiles, the job's window shape
+        other_queue = make_work(other, loop, 20, 20, 10, seed=3)  # 4 tiles, another model
+        scheduler.submit(same_queue)
+        scheduler.submit(other_queue)
+        assert scheduler.queued_tiles_of(INTERACTIVE) == 13 and scheduler.queued_tiles_of(BACKGROUND) == 62
+        shared.release.set()
+        await asyncio.gather(same_queue.future, other_queue.future, job.future)
+        return job, same_queue, other_queue
+
+    scheduler = OrderingScheduler(torch.device("cpu"), 2, 0.0, Metrics())
+    scheduler.start()
+    try:
+        job, same_queue, other_queue = asyncio.run(_with_loop(scenario, scheduler))
+    finally:
+        scheduler.stop()
+    sync_batches = 5 + 2  # 9 tiles and 4 tiles in batches of 2
+    assert order[0] == "job"
+    assert order[1:1 + sync_batches] == ["sync"] * sync_batches
+    assert order[1 + sync_batches:] == ["job"] * 31 and "mixed" not in order
+    for work in (job, same_queue, other_queue):
+        assert torch.equal(work.future.result().planes[0].result(), nearest(work.x, 2).clamp(0, 1))
+
+
+async def _with_loop(scenario, scheduler):
+    return await scenario(scheduler, asyncio.get_running_loop())
 
 
 def test_max_delay_waits_for_companions_then_runs_partial_batches():

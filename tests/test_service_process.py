@@ -4,18 +4,14 @@ SIGTERM during load finishes every accepted request, answers 503 meanwhile, and 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import free_port
+from server_process import ServerProcess
 from service_fixtures import image_bytes, make_repository, max_diff, metric, metric_sum, mixed_requests
 
 PNG = {"Content-Type": "image/png"}
@@ -23,31 +19,9 @@ PNG = {"Content-Type": "image/png"}
 
 @pytest.fixture
 def server(tmp_path):
-    repo = make_repository(tmp_path / "repo")
-    port = free_port()
-    env = {**os.environ, "SR_REPOSITORY": str(repo), "SR_TILE_SIZE": "16", "SR_MAX_BATCH_TILES": "8",
-           "SR_MAX_DELAY_MS": "20", "SR_DRAIN_TIMEOUT_S": "60", "SR_LOG_LEVEL": "warning"}
-    log = open(tmp_path / "server.log", "w+")
-    cmd = [str(Path(sys.executable).parent / "srserve"), "serve", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.seek(0)
-            pytest.fail(f"server did not become ready:\n{log.read()[-3000:]}")
-        time.sleep(0.3)
-    yield proc, base
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    log.close()
+    process = ServerProcess(make_repository(tmp_path / "repo"), tmp_path / "server.log").start()
+    yield process.proc, process.base
+    process.kill()
 
 
 def test_real_server_concurrent_requests_metrics_and_sigterm_drain(server):
