@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from srserve.backends.artifacts import Artifact
 from srserve.models.repository import LoadedModel
 
 
 class ExportBuilder:
-    """Exports missing ONNX graphs (parity-checked, as ``srserve export``) and builds TensorRT
-    engines on first use; pass it to ``srserve.backends.create_backend(builder=...)``."""
+    """Exports missing ONNX graphs (parity-checked, as ``srserve export``), builds TensorRT
+    engines on first use and checks other engines' compiled graphs against PyTorch; pass it to
+    ``srserve.backends.create_backend(builder=...)``."""
 
     def onnx_graph(self, model: LoadedModel, kind: str, scale: int, precision: str, folder: Path) -> Artifact:
         from .onnx_export import GraphJob, export_artifact
@@ -20,3 +24,13 @@ class ExportBuilder:
         from .tensorrt import EngineCache, load_engine
 
         return load_engine(model, scale, precision, cache=EngineCache(Path(cache_root) / "tensorrt"), **options)
+
+    def check_parity(self, model: LoadedModel, kind: str, scale: int, precision: str,
+                     run: Callable[[dict], torch.Tensor]) -> dict:
+        """Parity of ``run`` (input name -> tensor, to the output) with PyTorch, by the export
+        criteria for ``precision`` (fp32: one 8-bit level; reduced: finite and a few levels), with
+        a one-line ``summary``."""
+        from .onnx_export import GraphJob, check_parity_with, summarize_parity
+
+        parity = check_parity_with(model, GraphJob(kind, int(scale), precision), run)
+        return {**parity, "summary": summarize_parity(parity)}

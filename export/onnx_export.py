@@ -332,7 +332,7 @@ def export_artifact(model: LoadedModel, job: GraphJob, folder: Path, opset: int 
         check_graph(tmp)
         parity = check_parity(model, job, tmp)
         if not parity["passed"]:
-            raise ExportError(f"{job.file}: parity check failed ({_parity_summary(parity)}); nothing written")
+            raise ExportError(f"{job.file}: parity check failed ({summarize_parity(parity)}); nothing written")
         tmp.replace(final)
     except ExportError:
         raise
@@ -347,7 +347,7 @@ def export_artifact(model: LoadedModel, job: GraphJob, folder: Path, opset: int 
                     exporter=f"torch.onnx TorchScript exporter, torch {torch.__version__}")
 
 
-def _parity_summary(parity: dict) -> str:
+def summarize_parity(parity: dict) -> str:
     parts = []
     for label in ("random", "real"):
         r = parity.get(label, {})
@@ -362,7 +362,7 @@ def _parity_summary(parity: dict) -> str:
 
 
 def parity_summary(artifact: Artifact) -> str:
-    return _parity_summary(artifact.parity)
+    return summarize_parity(artifact.parity)
 
 
 def export_model(model: LoadedModel, folder: str | Path, jobs: list[GraphJob], *, opset: int = DEFAULT_OPSET,

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
+
+import torch
 
 from srserve.models.repository import LoadedModel
 
@@ -28,6 +30,9 @@ class ArtifactBuilder(Protocol):
     def onnx_graph(self, model: LoadedModel, kind: str, scale: int, precision: str, folder: Path) -> Artifact: ...
 
     def tensorrt_engine(self, model: LoadedModel, scale: int, precision: str, **options): ...
+
+    def check_parity(self, model: LoadedModel, kind: str, scale: int, precision: str,
+                     run: Callable[[dict], torch.Tensor]) -> dict: ...
 
 
 class OnnxArtifacts:
