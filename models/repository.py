@@ -153,8 +153,8 @@ class ModelEntry:
 
 
 def cpu_bf16_scope(spec: ArchSpec) -> str:
-    """What runs in bf16 on the CPU: ``graph`` (all of it, OpenVINO's hint) or ``body:<module>``."""
-    return f"body:{spec.cpu_bf16_body}" if spec.cpu_bf16_body else "graph"
+    """What runs in bf16 on the CPU: ``graph`` (all of it, OpenVINO's hint) or ``body:<a>+<b>``."""
+    return "body:" + "+".join(spec.cpu_bf16_body) if spec.cpu_bf16_body else "graph"
 
 
 def load_weights_file(path: Path, arch: str, hparams: dict) -> nn.Module:

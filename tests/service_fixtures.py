@@ -25,7 +25,9 @@ def make_repository(root: Path) -> Path:
 
 
 def service_settings(repository: Path, **overrides) -> Settings:
-    values = dict(repository=repository, tile_size=TILE, max_batch_tiles=4, max_delay_ms=20, drain_timeout_s=30)
+    # torch unless a test asks for another engine: auto would export and compile every tiny model
+    values = dict(repository=repository, backend="torch", tile_size=TILE, max_batch_tiles=4, max_delay_ms=20,
+                  drain_timeout_s=30)
     values.update(overrides)
     return Settings(**values)
 

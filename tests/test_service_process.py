@@ -30,8 +30,8 @@ def free_port() -> int:
 def server(tmp_path):
     repo = make_repository(tmp_path / "repo")
     port = free_port()
-    env = {**os.environ, "SR_REPOSITORY": str(repo), "SR_TILE_SIZE": "16", "SR_MAX_BATCH_TILES": "8",
-           "SR_MAX_DELAY_MS": "20", "SR_DRAIN_TIMEOUT_S": "60", "SR_LOG_LEVEL": "warning"}
+    env = {**os.environ, "SR_REPOSITORY": str(repo), "SR_BACKEND": "torch", "SR_TILE_SIZE": "16",
+           "SR_MAX_BATCH_TILES": "8", "SR_MAX_DELAY_MS": "20", "SR_DRAIN_TIMEOUT_S": "60", "SR_LOG_LEVEL": "warning"}
     log = open(tmp_path / "server.log", "w+")
     cmd = [str(Path(sys.executable).parent / "srserve"), "serve", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

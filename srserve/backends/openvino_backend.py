@@ -8,8 +8,8 @@ bf16 gate recorded in model.json). bf16 means one of two things, after the archi
 
 * the whole graph under OpenVINO's ``INFERENCE_PRECISION_HINT=bf16`` (OpenVINO keeps the graph's
   tail after the last convolution in fp32 itself);
-* only the named body: its convolutions and activations get explicit bf16 inputs and weights
-  while the hint stays f32, so the layers that see the image itself stay fp32 (VDSR).
+* only the named body: its layers get explicit bf16 inputs and weights while the hint stays
+  f32, so the layers that see the image itself stay fp32 (VDSR, MDSR).
 
 OpenVINO's default hint on a bf16 CPU is bf16, so fp32 is always set explicitly. Compiled
 models are cached by OpenVINO in ``$SR_ENGINE_CACHE/openvino`` (``CACHE_DIR``), keyed by a hash
@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ log = logging.getLogger("srserve.backends")
 CACHE_FOLDER = "openvino"
 PARITY_FILE = "parity.json"
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # srserve precision -> INFERENCE_PRECISION_HINT
-BODY_OPS = ("Convolution", "Relu", "PRelu", "Clamp")  # what a bf16 body runs in bf16
+BODY_OPS = ("Convolution", "Relu", "PRelu", "Clamp", "Add", "Multiply")  # what a bf16 body runs in bf16
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,22 +62,23 @@ def openvino_version() -> str:
     return ov.get_version().split("-")[0]
 
 
-def in_body(node_name: str, body: str) -> bool:
-    """Whether an ONNX node belongs to the network's submodule ``body``. The TorchScript exporter
-    names nodes after module paths, and ``SRNet`` holds the network as ``net``, so the body's
-    nodes are ``.../net/<body>/...`` in the SR and the ensemble graphs alike."""
-    return f"/net/{body}/" in node_name
+def in_body(node_name: str, bodies: tuple[str, ...]) -> bool:
+    """Whether an ONNX node belongs to one of the network's submodules ``bodies``. The TorchScript
+    exporter names nodes after module paths (a list's items as ``name.0``), and ``SRNet`` holds
+    the network as ``net``, so a body's nodes are ``.../net/<body>/...`` or ``.../net/<body>.N/...``
+    in the SR and the ensemble graphs alike."""
+    return any(re.search(f"/net/{re.escape(body)}[./]", node_name) for body in bodies)
 
 
-def convert_body_to_bf16(model, body: str) -> int:
-    """Runs the body's convolutions and activations of an ``openvino.Model`` in bf16: their fp32
-    inputs (activations and weights) get a Convert to bf16, their outputs a Convert back to fp32
-    where they leave the body. Returns how many operations were converted."""
+def convert_body_to_bf16(model, bodies: tuple[str, ...]) -> int:
+    """Runs the bodies' layers (``BODY_OPS``) of an ``openvino.Model`` in bf16: their fp32 inputs
+    (activations and weights) get a Convert to bf16, their outputs a Convert back to fp32 where
+    they leave the bodies. Returns how many operations were converted."""
     import openvino as ov
     import openvino.opset13 as ops
 
     chosen = [op for op in model.get_ordered_ops() if op.get_type_name() in BODY_OPS
-              and in_body(op.get_friendly_name(), body)]
+              and in_body(op.get_friendly_name(), bodies)]
     ids = {id(op) for op in chosen}
     for op in chosen:
         for port in op.inputs():
