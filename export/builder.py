@@ -15,10 +15,15 @@ class ExportBuilder:
     engines on first use and checks other engines' compiled graphs against PyTorch; pass it to
     ``srserve.backends.create_backend(builder=...)``."""
 
+    def __init__(self):
+        from .onnx_export import References
+
+        self.references = References()  # PyTorch's outputs, shared by an export's and its engines' checks
+
     def onnx_graph(self, model: LoadedModel, kind: str, scale: int, precision: str, folder: Path) -> Artifact:
         from .onnx_export import GraphJob, export_artifact
 
-        return export_artifact(model, GraphJob(kind, int(scale), precision), folder)
+        return export_artifact(model, GraphJob(kind, int(scale), precision), folder, references=self.references)
 
     def tensorrt_engine(self, model: LoadedModel, scale: int, precision: str, *, cache_root: Path, **options):
         from .tensorrt import EngineCache, load_engine
@@ -32,5 +37,5 @@ class ExportBuilder:
         a one-line ``summary``."""
         from .onnx_export import GraphJob, check_parity_with, summarize_parity
 
-        parity = check_parity_with(model, GraphJob(kind, int(scale), precision), run)
+        parity = check_parity_with(model, GraphJob(kind, int(scale), precision), run, references=self.references)
         return {**parity, "summary": summarize_parity(parity)}

@@ -15,8 +15,8 @@ OpenVINO's default hint on a bf16 CPU is bf16, so fp32 is always set explicitly.
 models are cached by OpenVINO in ``$SR_ENGINE_CACHE/openvino`` (``CACHE_DIR``), keyed by a hash
 of the graph (weights included), the configuration and the CPU, so a restart imports them
 instead of compiling. Each compiled (graph, precision) is checked against PyTorch once by the
-builder's ``check_parity`` (the export criteria: fp32 within one 8-bit level, bf16 finite and
-within a few levels), remembered in ``parity.json`` beside the cache per graph sha256,
+builder's ``check_parity`` (the export criteria: fp32 within one 8-bit level on random and real
+inputs, bf16 finite and within a few levels on the real image), remembered in ``parity.json`` beside the cache per graph sha256,
 precision, scope, OpenVINO version and CPU. An fp32 graph that fails is an error; a scale whose
 bf16 graph fails runs fp32 instead (said in ``precision_note``), unless bf16 was forced.
 """
@@ -149,6 +149,14 @@ class ParityRecord:
         tmp.replace(self.path)
 
 
+def passed(parity: dict, precision: str) -> bool:
+    """fp32 must pass on every check input; bf16 on the real image: random noise is not an image,
+    and what bf16 costs on images is the CPU bf16 gate's question (measured on Set5)."""
+    if precision == "fp32" or "real" not in parity:
+        return bool(parity.get("passed"))
+    return bool(parity["real"].get("passed"))
+
+
 class OpenVinoBackend:
     name = "openvino"
     selected = "requested"
@@ -257,7 +265,7 @@ class OpenVinoBackend:
         if parity is None:
             parity = self.builder.check_parity(self.model, kind, scale, precision, graph)
             self.parity.put(key, parity)
-        if not parity.get("passed"):
+        if not passed(parity, precision):
             message = f"OpenVINO {label} differs from PyTorch ({parity.get('summary', parity)})"
             if precision == "fp32" or not self.force_precision:
                 raise BackendError(f"model {self.model.name!r}: {message}")
