@@ -18,13 +18,15 @@ instead of compiling. Each compiled (graph, precision) is checked against PyTorc
 builder's ``check_parity`` (the export criteria: fp32 within one 8-bit level on random and real
 inputs, bf16 finite and within a few levels on the real image), remembered in ``parity.json`` beside the cache per graph sha256,
 precision, scope, OpenVINO version and CPU. An fp32 graph that fails is an error; a scale whose
-bf16 graph fails runs fp32 instead (said in ``precision_note``), unless bf16 was forced.
+bf16 graph fails (to compile, or its check) runs fp32 instead (said in ``precision_note``),
+unless bf16 was forced.
 """
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -144,7 +146,7 @@ class ParityRecord:
         data = self._read()
         data[key] = parity
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{PARITY_FILE}.{threading.get_ident()}.tmp")
+        tmp = self.path.with_name(f"{PARITY_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         tmp.replace(self.path)
 
@@ -209,7 +211,7 @@ class OpenVinoBackend:
             if self.precisions[scale] == "fp32":
                 raise
             self.notes.append(f"x{scale}: {exc}; using fp32")
-            log.warning("%s x%d: bf16 failed its parity check; running fp32 (%s)", self.model.name, scale, exc)
+            log.warning("%s x%d: bf16 failed; running fp32 (%s)", self.model.name, scale, exc)
             self.precisions[scale] = "fp32"
             for kind in kinds:
                 self._graph(kind, scale, "fp32")
