@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docker/requirements-common.txt (the image's pinned dependencies) from pyproject.toml:
 # installs torch==2.13.0 and `.[serve,export]` into a throwaway venv and pins what pip resolved.
+# requirements-cpu.txt / requirements-gpu.txt (per-target engines) are kept by hand.
 # Run after changing a dependency; tests/test_deploy_static.py fails while the pins are stale.
 #   docker/update-locks.sh
 set -euo pipefail
@@ -16,9 +17,10 @@ trap 'rm -rf "$VENV"' EXIT
 OUT="$REPO/docker/requirements-common.txt"
 {
     sed -n '/^#/p' "$OUT"   # keep the header comment
-    # torch and onnxruntime differ per target (requirements-cpu.txt / requirements-gpu.txt).
+    # torch and onnxruntime differ per target (requirements-cpu.txt / requirements-gpu.txt);
+    # openvino (and openvino-telemetry) is the CPU engine, pinned in requirements-cpu.txt only.
     "$VENV/bin/pip" freeze --all --disable-pip-version-check \
-        | grep -viE '^(srserve|pip|torch|onnxruntime)( |=|@)' | LC_ALL=C sort -f
+        | grep -viE '^(srserve|pip|torch|onnxruntime|openvino|openvino-telemetry)( |=|@)' | LC_ALL=C sort -f
 } >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 echo "updated $OUT:"

@@ -282,21 +282,41 @@ def real_check_image(scale: int, height: int, width: int) -> tuple[torch.Tensor,
 
 # --- one artifact ------------------------------------------------------------------------------
 
-def check_parity(model: LoadedModel, job: GraphJob, path: Path) -> dict:
+class References:
+    """The check inputs and PyTorch's outputs for them, made once per network, graph kind and
+    input shape: a graph exported on the fly and the engines compiled from it (OpenVINO fp32 and
+    bf16) are checked against the same numbers, and the PyTorch runs are most of a check's time.
+    The inputs are deterministic (seeded, or the fixed real image), so reuse changes no verdict."""
+
+    def __init__(self):
+        self._store: dict[tuple, tuple] = {}
+
+    def get(self, model: LoadedModel, job: GraphJob, label: str, batch: int, height: int, width: int,
+            image: torch.Tensor | None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        srnet = model.net(job.scale)
+        key = (id(srnet), job.kind, job.scale, label, batch, height, width)
+        if key not in self._store:
+            inputs = example_inputs(model, job, batch, height, width, image=image)
+            self._store[key] = (srnet, inputs, reference(model, job)(inputs))  # srnet held: its id stays unique
+        _, inputs, want = self._store[key]
+        return inputs, want
+
+
+def check_parity(model: LoadedModel, job: GraphJob, path: Path, references: References | None = None) -> dict:
     session = cpu_session(path)
 
     def run(feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {n: t.detach().cpu().float().numpy() for n, t in feeds.items()})[0])
 
-    return check_parity_with(model, job, run, job.static_tile)
+    return check_parity_with(model, job, run, job.static_tile, references=references)
 
 
 def check_parity_with(model: LoadedModel, job: GraphJob, run: Callable[[dict], torch.Tensor],
-                      side: int | None = None, batch: int = CHECK_SHAPE[0]) -> dict:
+                      side: int | None = None, batch: int = CHECK_SHAPE[0], references: References | None = None) -> dict:
     """Parity of ``run`` (input name -> tensor, to the output) with PyTorch on a random batch and
     a real image: ``side``×``side`` inputs when given (static graphs, engine profiles), else
-    shapes other than the traced one."""
-    expected = reference(model, job)
+    shapes other than the traced one. ``references`` reuses PyTorch outputs of earlier checks."""
+    references = references or References()
     names = io_names(model, job)[0]
     _, h, w = CHECK_SHAPE
     if side:
@@ -304,16 +324,17 @@ def check_parity_with(model: LoadedModel, job: GraphJob, run: Callable[[dict], t
     real_h, real_w = (h, w) if side else (REAL_SIDE, REAL_SIDE)
     real, source = real_check_image(job.scale, real_h, real_w)
     results = {"criterion": criterion(job)}
-    for label, inputs in (("random", example_inputs(model, job, batch, h, w)),
-                          ("real", example_inputs(model, job, 1, real_h, real_w, image=real))):
+    for label, (n, hh, ww, image) in (("random", (batch, h, w, None)), ("real", (1, real_h, real_w, real))):
+        inputs, want = references.get(model, job, label, n, hh, ww, image)
         got = run(dict(zip(names, inputs)))
-        results[label] = {"input": list(inputs[0].shape), **compare(job, got, expected(inputs))}
+        results[label] = {"input": list(inputs[0].shape), **compare(job, got, want)}
     results["real"]["source"] = source
     results["passed"] = results["random"]["passed"] and results["real"]["passed"]
     return results
 
 
-def export_artifact(model: LoadedModel, job: GraphJob, folder: Path, opset: int = DEFAULT_OPSET) -> Artifact:
+def export_artifact(model: LoadedModel, job: GraphJob, folder: Path, opset: int = DEFAULT_OPSET,
+                    references: References | None = None) -> Artifact:
     """Exports, checks and (only if it passes) writes one graph; raises ``ExportError`` otherwise."""
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
@@ -330,9 +351,9 @@ def export_artifact(model: LoadedModel, job: GraphJob, folder: Path, opset: int 
         torch_export(module, example_inputs(model, job, batch, h, w), tmp, input_names, output_names,
                      dynamic_axes(inputs_meta, outputs_meta), opset)
         check_graph(tmp)
-        parity = check_parity(model, job, tmp)
+        parity = check_parity(model, job, tmp, references)
         if not parity["passed"]:
-            raise ExportError(f"{job.file}: parity check failed ({_parity_summary(parity)}); nothing written")
+            raise ExportError(f"{job.file}: parity check failed ({summarize_parity(parity)}); nothing written")
         tmp.replace(final)
     except ExportError:
         raise
@@ -347,7 +368,7 @@ def export_artifact(model: LoadedModel, job: GraphJob, folder: Path, opset: int 
                     exporter=f"torch.onnx TorchScript exporter, torch {torch.__version__}")
 
 
-def _parity_summary(parity: dict) -> str:
+def summarize_parity(parity: dict) -> str:
     parts = []
     for label in ("random", "real"):
         r = parity.get(label, {})
@@ -362,7 +383,7 @@ def _parity_summary(parity: dict) -> str:
 
 
 def parity_summary(artifact: Artifact) -> str:
-    return _parity_summary(artifact.parity)
+    return summarize_parity(artifact.parity)
 
 
 def export_model(model: LoadedModel, folder: str | Path, jobs: list[GraphJob], *, opset: int = DEFAULT_OPSET,

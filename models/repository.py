@@ -12,6 +12,10 @@ model.json::
      "input": {"value_range": 255.0, "color": "rgb", "pre_upsample": false},
      "receptive_radius": 36.5, "fp16_safe": false, "license": null, "provenance": null}
 
+A weights file may also hold ``"cpu_bf16": {"2": {"safe": true, "psnr_fp32": ..., ...}}``: the
+verdict of the CPU bf16 gate per scale (``srserve gate cpu-bf16``), which lets ``auto`` run
+that scale in bf16 on CPUs with native bf16.
+
 ``bicubic`` is a built-in model every repository has (the evaluation baseline).
 """
 from __future__ import annotations
@@ -61,10 +65,16 @@ class WeightsFile:
     hparams: dict
     sha256: str = ""
     source: dict = field(default_factory=dict)
+    # scale (str) -> the CPU bf16 gate's verdict and numbers (``srserve gate cpu-bf16``); kept
+    # with the file it was measured on, so re-imported weights start ungated
+    cpu_bf16: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"file": self.file, "scales": self.scales, "hparams": self.hparams, "sha256": self.sha256,
+        data = {"file": self.file, "scales": self.scales, "hparams": self.hparams, "sha256": self.sha256,
                 "source": self.source}
+        if self.cpu_bf16:
+            data["cpu_bf16"] = self.cpu_bf16
+        return data
 
 
 @dataclass
@@ -89,6 +99,12 @@ class ModelEntry:
 
     def receptive_radius(self, scale: int) -> float:
         return self.spec.receptive_radius(self.weights_for(scale).hparams)
+
+    def cpu_bf16_safe(self, scale: int) -> bool:
+        """Whether the weights serving ``scale`` passed the CPU bf16 gate, measured with the bf16
+        scope the architecture has now (``ArchSpec.cpu_bf16_body``)."""
+        verdict = self.weights_for(scale).cpu_bf16.get(str(int(scale)), {})
+        return bool(verdict.get("safe")) and verdict.get("scope") == cpu_bf16_scope(self.spec)
 
     def weights_for(self, scale: int) -> WeightsFile:
         for w in self.weights:
@@ -134,6 +150,11 @@ class ModelEntry:
             fp16_safe=bool(data.get("fp16_safe", False)), license=data.get("license"),
             provenance=data.get("provenance"), extra={k: v for k, v in data.items() if k not in known},
         )
+
+
+def cpu_bf16_scope(spec: ArchSpec) -> str:
+    """What runs in bf16 on the CPU: ``graph`` (all of it, OpenVINO's hint) or ``body:<a>+<b>``."""
+    return "body:" + "+".join(spec.cpu_bf16_body) if spec.cpu_bf16_body else "graph"
 
 
 def load_weights_file(path: Path, arch: str, hparams: dict) -> nn.Module:
@@ -201,6 +222,9 @@ class LoadedModel:
     @property
     def fp16_safe(self) -> bool:
         return bool(self.entry and self.entry.fp16_safe)
+
+    def cpu_bf16_safe(self, scale: int) -> bool:
+        return bool(self.entry and self.entry.cpu_bf16_safe(scale))
 
 
 BICUBIC_SPEC = ArchSpec(

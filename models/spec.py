@@ -89,6 +89,11 @@ class ArchSpec:
     (DASR's per-sample convolution), identity by default.
     Cards: ``paper`` (published figures), ``license`` of the official weights, ``checkpoints``
     (the release files ``srserve import`` accepts).
+    CPU bf16 (OpenVINO): ``cpu_bf16_body`` names the submodules of the network whose layers alone
+    run in bf16, everything else (the convolutions that read or write the image itself, colour
+    conversion, bicubic, residual adds to the image) staying fp32; empty = the whole graph under
+    OpenVINO's bf16 hint. Either way a scale runs bf16 only once it passed the CPU bf16 gate
+    (``srserve gate cpu-bf16``), which records the scope it measured.
     """
 
     name: str
@@ -108,6 +113,7 @@ class ArchSpec:
     flops_per_lr_pixel: Callable[[dict, int], float] | None = None
     shared_body: Callable[[nn.Module], SharedBody | None] = _no_shared_body
     export_rewrite: Callable[[nn.Module], nn.Module] = _unchanged
+    cpu_bf16_body: tuple[str, ...] = ()
     paper: PaperResult | None = None
     license: str = ""
     checkpoints: str = ""

@@ -20,8 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from srserve.models.errors import SRError
 
-Backend = Literal["auto", "torch", "compiled", "onnxruntime", "tensorrt"]
-Precision = Literal["fp32", "fp16", "bf16"]
+Backend = Literal["auto", "torch", "compiled", "onnxruntime", "openvino", "tensorrt"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 PREFERRED_DEFAULT_MODEL = "edsr"  # the default model when the repository has it and none is configured
 GPU_DEFAULT_BATCH = 8  # tiles per batch on a GPU when max_batch_tiles is not set
@@ -51,13 +51,16 @@ class Settings(BaseSettings):
                                       "(default: edsr if loaded, else the first loaded)")
     default_scale: int | None = Field(None, ge=1, description="scale when the request gives neither scale "
                                       "nor outscale (default: 4 when the model serves it, else its largest)")
-    backend: Backend = Field("auto", description="auto = onnxruntime when exported graphs exist, else torch "
-                             "(CUDA: tensorrt, compiled, onnxruntime, torch)")
+    backend: Backend = Field("auto", description="auto = the fastest engine installed: on the CPU openvino, "
+                             "onnxruntime, torch (missing graphs exported into engine_cache); on CUDA tensorrt, "
+                             "compiled, onnxruntime, torch")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
-    precision: Precision = Field("fp32", description="fp16/bf16 run only on CUDA for fp16-safe models")
+    precision: Precision = Field("auto", description="auto = bf16 with openvino on CPUs with native bf16 for "
+                                 "scales that passed the CPU bf16 gate, else fp32; fp16/bf16 on CUDA only for "
+                                 "fp16-safe models")
     threads: int | None = Field(None, ge=1, description="CPU inference threads (default: torch's)")
-    engine_cache: Path | None = Field(None, description="on-the-fly ONNX exports and TensorRT engines "
-                                      "(default ~/.cache/srserve)")
+    engine_cache: Path | None = Field(None, description="on-the-fly ONNX exports, compiled OpenVINO models and "
+                                      "TensorRT engines (default ~/.cache/srserve)")
     # --- batching ---
     max_batch_tiles: int | None = Field(None, ge=1, description=f"tiles per backend call (default: 1 on CPU, "
                                         f"{GPU_DEFAULT_BATCH} on GPU)")

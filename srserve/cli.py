@@ -1,4 +1,4 @@
-"""``srserve``: one command line for import, list, upscale, eval, export, serve, train, interpolate.
+"""``srserve``: one command line for import, list, upscale, eval, export, gate, serve, train, interpolate.
 
 Each subcommand lives in ``srserve/commands/<name>.py`` with ``HELP``, ``add_arguments(parser)``
 and ``run(args) -> int``; heavy imports happen inside ``run`` so ``srserve --help`` is instant and
@@ -21,6 +21,7 @@ COMMANDS = {
     "upscale": "upscale",
     "eval": "eval_",
     "export": "export",
+    "gate": "gate",
     "serve": "serve",
     "train": "train",
     "interpolate": "interpolate",

@@ -23,7 +23,7 @@ class ServerProcess:
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        self.env = {**os.environ, "SR_REPOSITORY": str(repository), "SR_TILE_SIZE": "16", "SR_MAX_BATCH_TILES": "8",
+        self.env = {**os.environ, "SR_REPOSITORY": str(repository), "SR_BACKEND": "torch", "SR_TILE_SIZE": "16", "SR_MAX_BATCH_TILES": "8",
                     "SR_MAX_DELAY_MS": "20", "SR_DRAIN_TIMEOUT_S": "60", "SR_LOG_LEVEL": "warning",
                     "SR_JOBS_DIR": str(log.parent / f"jobs-{self.port}"), "SR_CACHE_BYTES": "0", **(env or {})}
         self.proc: subprocess.Popen | None = None

@@ -26,10 +26,11 @@ def make_repository(root: Path) -> Path:
 
 
 def service_settings(repository: Path, **overrides) -> Settings:
-    """Small tiles and batches; the result cache off (tests that repeat a request expect it to
-    run again) unless a test turns it on with ``cache_bytes``."""
-    values = dict(repository=repository, tile_size=TILE, max_batch_tiles=4, max_delay_ms=20, drain_timeout_s=30,
-                  cache_bytes=0)
+    """Small tiles and batches; torch unless a test asks for another engine (auto would export and
+    compile every tiny model); the result cache off (tests that repeat a request expect it to run
+    again) unless a test turns it on with ``cache_bytes``."""
+    values = dict(repository=repository, backend="torch", tile_size=TILE, max_batch_tiles=4, max_delay_ms=20,
+                  drain_timeout_s=30, cache_bytes=0)
     values.update(overrides)
     return Settings(**values)
 

@@ -19,14 +19,14 @@ def repo():
     return exported_repository()
 
 
-def test_auto_takes_onnxruntime_when_graphs_exist_else_torch(repo, tmp_path):
+def test_auto_takes_a_graph_engine_when_graphs_exist_else_torch_without_a_builder(repo, tmp_path):
     with_graphs = create_backend("edsr", repository=repo.root, cache_dir=tmp_path)
-    assert with_graphs.name == "onnxruntime"
-    assert with_graphs.describe()["selected"] == "auto: CPU, ONNX graphs present"
+    assert with_graphs.name == "openvino"  # installed with the serve extra; test_openvino.py fakes the others
+    assert with_graphs.describe()["selected"] == "auto: CPU, openvino is the fastest engine installed, ONNX graphs present"
     bare = tiny_repository(tmp_path / "bare", names=("edsr",))
     without = create_backend("edsr", repository=bare.root, cache_dir=tmp_path / "cache")
     assert without.name == "torch" and "no usable fp32 ONNX graph for x2" in without.describe()["selected"]
-    assert not (tmp_path / "cache").exists()  # auto never exports
+    assert not (tmp_path / "cache").exists()  # without a builder auto never exports
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -64,7 +64,7 @@ def test_missing_graph_is_exported_once_into_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(EXPORT, "onnx_graph", no_export)
     create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path / "cache", builder=EXPORT)
-    assert create_backend("edsr", repository=repo.root, cache_dir=tmp_path / "cache").name == "onnxruntime"
+    assert create_backend("edsr", repository=repo.root, cache_dir=tmp_path / "cache").name == "openvino"
 
 
 def test_without_a_builder_a_missing_graph_is_a_clear_error(tmp_path):
@@ -149,7 +149,7 @@ def test_bad_requests_are_one_line_errors(repo, tmp_path):
     with pytest.raises(BackendError, match="unknown precision"):
         resolve_precision("int8", torch.device("cpu"), True)
     with pytest.raises(BackendError, match="unknown backend"):
-        create_backend("edsr", "openvino", repository=repo.root)
+        create_backend("edsr", "tflite", repository=repo.root)
     with pytest.raises(BackendError, match="fp32 or fp16"):
         create_backend("edsr", "onnxruntime", repository=repo.root, cache_dir=tmp_path, precision="bf16",
                        force_precision=True)

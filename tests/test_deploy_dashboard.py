@@ -74,8 +74,8 @@ def stop(proc: subprocess.Popen) -> None:
 def service(tmp_path):
     repo = make_repository(tmp_path / "repo")
     port = free_port()
-    env = {**os.environ, "SR_REPOSITORY": str(repo), "SR_MODELS": "edsr,mdsr,vdsr,bicubic", "SR_TILE_SIZE": "16",
-           "SR_MAX_BATCH_TILES": "8", "SR_MAX_DELAY_MS": "20", "SR_LOG_LEVEL": "warning",
+    env = {**os.environ, "SR_REPOSITORY": str(repo), "SR_BACKEND": "torch", "SR_MODELS": "edsr,mdsr,vdsr,bicubic",
+           "SR_TILE_SIZE": "16", "SR_MAX_BATCH_TILES": "8", "SR_MAX_DELAY_MS": "20", "SR_LOG_LEVEL": "warning",
            "SR_JOBS_DIR": str(tmp_path / "jobs")}
     log = tmp_path / "srserve.log"
     proc = start([str(Path(sys.executable).parent / "srserve"), "serve", "--port", str(port)], log, env)

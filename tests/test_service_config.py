@@ -22,7 +22,7 @@ def clean_env(monkeypatch):
 
 def test_defaults_serve_the_repository_on_cpu_locally():
     s = load_settings()
-    assert (s.host, s.port, s.device, s.backend, s.precision) == ("127.0.0.1", 8000, "cpu", "auto", "fp32")
+    assert (s.host, s.port, s.device, s.backend, s.precision) == ("127.0.0.1", 8000, "cpu", "auto", "auto")
     assert s.repository == Path("model_repository") and s.models == [] and s.api_keys == []
     assert s.batch_tiles == 1  # CPU: one tile per backend call
     assert Settings(device="cuda").batch_tiles == 8 and Settings(device="cuda", max_batch_tiles=3).batch_tiles == 3

@@ -21,6 +21,9 @@ SPEC = ArchSpec(
     description="Multi-scale deep SR: one shared body, scale-specific heads chosen per call",
     activation_maps=lambda h, scale: residual_trunk_activation_maps(h.get("n_feats", 64), scale, 5),
     shared_body=split_shared_body,
+    # the whole graph in bf16 loses 0.022-0.023 dB on Set5 at x2/x4; with the image-side head and
+    # tail convolutions in fp32 it passes the CPU bf16 gate at the same speed (BENCHMARKS.md)
+    cpu_bf16_body=("pre_process", "body", "upsample"),
     paper=PaperResult("EDSR (MDSR has no Set5 table; EDSR shown)", EDSR_PAPER_PSNR),
     license="MIT (EDSR-PyTorch)",
     checkpoints="EDSR-PyTorch mdsr_baseline-*.pt, mdsr-*.pt",

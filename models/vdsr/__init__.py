@@ -15,6 +15,9 @@ SPEC = ArchSpec(
     multi_scale=True,
     description="Very deep residual network on the bicubic-upscaled Y channel; one model for all scales",
     activation_maps=lambda h, scale: (3 * h.get("n_feats", 64) + 12) * scale * scale + 3,
+    # the input and output convolutions see the image itself: in bf16 they cost 7-16 levels
+    # and 0.02-0.07 dB on Set5 (BENCHMARKS.md); the 18 inner layers alone pass the CPU bf16 gate
+    cpu_bf16_body=("residual_layer",),
     paper=PaperResult("VDSR", PAPER_PSNR),
     license="MIT (twtygqyy/pytorch-vdsr)",
     checkpoints="pytorch-vdsr model_epoch_50.pth (a pickled module, read without running pickled code)",

@@ -5,10 +5,13 @@ tiles for one scale (RGB, float32, N×3×h×w in [0, 1] -> N×3×sh×sw, not cla
 ``degradation`` gives DASR's per-image degradation vector. ``srserve.backends.create_backend``
 makes any of them.
 
-Reduced precision (fp16/bf16) is a request, not a promise: it runs only on CUDA and only for
-models whose ``fp16_safe`` flag is set (``resolve_precision``), and every reduced-precision
-batch whose output holds NaN/Inf is run again in fp32 (``PrecisionGuard``; other tools return
-black images there). ``fp16_fallbacks`` counts those batches for the server's metrics.
+Reduced precision (fp16/bf16) is a request, not a promise: on CUDA it runs only for models
+whose ``fp16_safe`` flag is set (``resolve_precision``); on the CPU only bf16 in OpenVINO, only
+on CPUs with native bf16 and only for scales that passed the CPU bf16 gate
+(``resolve_cpu_bf16``). ``auto`` asks for the fastest precision that passed its gate: bf16 in
+OpenVINO where the CPU bf16 rule allows it, fp32 everywhere else. Every reduced-precision batch
+whose output holds NaN/Inf is run again in fp32 (``PrecisionGuard``; other tools return black
+images there). ``fp16_fallbacks`` counts those batches for the server's metrics.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from srserve.models.repository import LoadedModel
 log = logging.getLogger("srserve.backends")
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+REQUESTS = ("auto", *PRECISIONS)  # what a user may ask for
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -50,8 +54,9 @@ def resolve_precision(requested: str, device: torch.device, fp16_safe: bool, *, 
     ``force`` skips the CUDA/``fp16_safe`` rule: for tests and for measuring a model on the way
     to setting its flag.
     """
-    if requested not in PRECISIONS:
-        raise BackendError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    check_request(requested)
+    if requested == "auto":
+        return "fp32", ""
     if requested == "fp32" or force:
         return requested, ""
     if torch.device(device).type != "cuda":
@@ -59,6 +64,31 @@ def resolve_precision(requested: str, device: torch.device, fp16_safe: bool, *, 
     if not fp16_safe:
         return "fp32", f"the model is not marked fp16-safe; using fp32 instead of {requested}"
     return requested, ""
+
+
+def check_request(requested: str) -> None:
+    if requested not in REQUESTS:
+        raise BackendError(f"unknown precision {requested!r}; choose one of {', '.join(REQUESTS)}")
+
+
+def resolve_cpu_bf16(requested: str, model: LoadedModel, scale: int, *, has_bf16: bool,
+                     force: bool = False) -> tuple[str, str]:
+    """The precision OpenVINO runs ``model`` at ``scale`` on the CPU, and why when it is not
+    what was asked: bf16 for ``auto``/``bf16`` when the CPU has native bf16 (``has_bf16``, see
+    ``srserve.backends.cpu``) and that scale passed the CPU bf16 gate; else fp32. ``force`` runs
+    a bf16 request ungated (tests, and the gate measuring it)."""
+    check_request(requested)
+    if requested == "fp32":
+        return "fp32", ""
+    if requested == "fp16":
+        return "fp32", "the CPU runs fp32 or bf16; using fp32 instead of fp16"
+    if not has_bf16:
+        why = "this CPU has no native bf16 (AMX-BF16 or AVX512-BF16)"
+    elif force or model.cpu_bf16_safe(scale):
+        return "bf16", ""
+    else:
+        why = f"x{scale} has not passed the CPU bf16 gate (srserve gate cpu-bf16)"
+    return "fp32", f"{requested}: {why}; using fp32"
 
 
 class PrecisionGuard:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
+
+import torch
 
 from srserve.models.repository import LoadedModel
 
@@ -33,6 +35,9 @@ class ArtifactBuilder(Protocol):
                          max_side: int, max_batch: int, autotune: bool | None = None):
         """(runner, info): ``runner(image[, degradation])`` runs the compiled network on the device;
         ``runner.shape.accepts(shape)`` says which N×3×h×w batches it covers."""
+
+    def check_parity(self, model: LoadedModel, kind: str, scale: int, precision: str,
+                     run: Callable[[dict], torch.Tensor]) -> dict: ...
 
 
 class OnnxArtifacts:

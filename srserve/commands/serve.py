@@ -26,11 +26,12 @@ def add_arguments(p) -> None:
     p.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 in containers)")
     p.add_argument("--port", type=int, help="listen port (default 8000)")
     p.add_argument("--models", metavar="A,B", help="models to serve (default: the whole repository + bicubic)")
-    p.add_argument("--backend", choices=["auto", "torch", "compiled", "onnxruntime", "tensorrt"],
-                   help="default auto: CPU: onnxruntime when exported graphs exist, else torch; CUDA: tensorrt, "
-                        "compiled, onnxruntime, torch (README, Engines)")
+    p.add_argument("--backend", choices=["auto", "torch", "compiled", "onnxruntime", "openvino", "tensorrt"],
+                   help="default auto: the fastest engine installed (CPU: openvino, onnxruntime, torch; CUDA: "
+                        "tensorrt, compiled, onnxruntime, torch; README, Engines)")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="default auto: bf16 on bf16 CPUs for gated models (openvino), else fp32")
     p.add_argument("--max-batch-tiles", type=int, metavar="N", help="tiles per batch (default 1 on CPU, 8 on GPU)")
     p.add_argument("--max-delay-ms", type=float, metavar="MS", help="longest wait for a batch to fill (default 5)")
     p.add_argument("--tile-size", type=int, metavar="N", help="LR tile side (default per model)")
