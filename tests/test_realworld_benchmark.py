@@ -119,3 +119,35 @@ def test_cli_prints_the_lr_digest(capsys, hr_dataset):
     assert main(["eval", "--model", "bicubic", "--scale", "4", "--dataset", str(hr_dataset), "--degrade", "real-v1"]) == 0
     out = capsys.readouterr().out
     assert "(LR real-v1)" in out and "x4 LR images sha256 " in out
+
+
+def test_list_benchmarks_real_world_and_paper_gap_tables(tmp_path, capsys):
+    """The tables come from what model.json records: real-v1 beside clean, and the gap to VDSR's paper."""
+    import json
+
+    from srserve.cli import main
+    from test_import_cli import import_args, tiny_edsr_checkpoint
+
+    repo = tmp_path / "repo"
+    tiny_edsr_checkpoint(tmp_path / "edsr_x2.pt")
+    assert main(import_args(tmp_path / "edsr_x2.pt", "edsr-tiny", repo)) == 0
+    model_json = repo / "edsr-tiny" / "model.json"
+    data = json.loads(model_json.read_text())
+    data["benchmarks"] = [{"dataset": "Set5", "scale": 2, "psnr": 37.0, "ssim": 0.95, "bicubic": 33.68},
+                          {"dataset": "Set14", "scale": 2, "psnr": 33.1, "ssim": 0.9, "bicubic": 30.23}]
+    data["real_world_benchmarks"] = [{"dataset": "Set5", "scale": 2, "psnr": 30.5, "ssim": 0.8, "bicubic": 30.0,
+                                      "degrade": "real-v1", "lr_sha256": "0" * 64}]
+    model_json.write_text(json.dumps(data))
+    capsys.readouterr()
+
+    assert main(["list", "--benchmarks", "--real-world", "--repository", str(repo)]) == 0
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["`bicubic`", "x2", "30.00", "—", "—", "—", "33.68", "30.23"],
+                    ["`edsr-tiny`", "x2", "30.50", "+0.50", "—", "—", "37.00", "33.10"]]
+
+    assert main(["list", "--benchmarks", "--paper-gap", "--repository", str(repo)]) == 0
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["`edsr-tiny`", "x2", "37.00", "37.53", "-0.53", "33.10", "33.03", "+0.07", "EDSR: 38.11 / 33.92"]]
+
+    assert main(["list", "--paper-gap", "--repository", str(repo)]) == 1
+    assert "go with --benchmarks" in capsys.readouterr().err
