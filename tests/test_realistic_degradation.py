@@ -229,3 +229,16 @@ def test_init_from_other_weights_ramps_the_lr_when_the_config_asks(image_folder,
     monkeypatch.setattr(trainer.recipe, "step", lambda it: seen.append(trainer.recipe.optimizers["net"].param_groups[0]["lr"]) or {})
     trainer.run(6)
     assert seen == pytest.approx([1e-3 * f for f in (0.25, 0.5, 0.75, 1, 1, 1)])
+
+
+def test_validation_on_the_real_world_benchmark_names_it_in_the_key(image_folder, tmp_path, monkeypatch):
+    from srserve.train.runner import Trainer
+
+    monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs"))
+    hr = tmp_path / "val" / "HR"
+    hr.mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 72, 3), dtype=np.uint8)).save(hr / "a.png")
+    cfg = realesrnet_config(image_folder, tmp_path)
+    cfg.validation = {"dataset": str(hr.parent), "degrade": "real-v1"}
+    val = Trainer(cfg, tmp_path / "repo").validate()
+    assert list(val) == ["val_psnr_x4_real-v1"] and np.isfinite(val["val_psnr_x4_real-v1"])
