@@ -242,3 +242,16 @@ def test_validation_on_the_real_world_benchmark_names_it_in_the_key(image_folder
     cfg.validation = {"dataset": str(hr.parent), "degrade": "real-v1"}
     val = Trainer(cfg, tmp_path / "repo").validate()
     assert list(val) == ["val_psnr_x4_real-v1"] and np.isfinite(val["val_psnr_x4_real-v1"])
+
+
+def test_antialiased_bicubic_downscale_is_the_evaluations_matlab_imresize():
+    """Away from the borders (MATLAB mirrors them, torch renormalises its weights there)."""
+    from srserve.models.imresize import imresize
+
+    hr = torch.rand(1, 3, 64, 48, generator=gen(11))
+    matlab = torch.from_numpy(imresize(hr[0].permute(1, 2, 0).double().numpy(), 0.25)).permute(2, 0, 1).float()
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    antialiased = realistic.resize(hr, (16, 12), "bicubic", antialias=True)[0]
+    aliased = realistic.resize(hr, (16, 12), "bicubic")[0]
+    assert torch.allclose(antialiased[inner], matlab[inner], atol=1e-4)
+    assert (aliased - matlab)[inner].abs().mean() > 0.02

@@ -13,7 +13,9 @@ HR batch (N×3×H×W in [0, 1]) -> LR batch (N×3×H/s×W/s, quantised to 8 bits
   artefacts; every kernel sums to 1;
 - **resize**: up / down / keep with ``resize_probs``, factor ~ U(``resize_range``) (round 1
   relative to the HR size, later rounds relative to the LR size), one of area / bilinear /
-  bicubic; one draw per batch (the samples must keep one size);
+  bicubic; one draw per batch (the samples must keep one size). Real-ESRGAN downscales without
+  antialiasing (aliased LR); ``antialias: true`` low-pass filters bilinear/bicubic downscales as
+  image editors do (bicubic then equals MATLAB ``imresize``, the evaluation's LR);
 - **noise**: Gaussian (σ ~ ``noise_sigma`` on the 0-255 scale) with ``gaussian_noise_prob``,
   otherwise Poisson (counts of x·255, the residual times ``poisson_scale``); gray (one plane for
   all channels, from the luma for Poisson) with ``gray_noise_prob``; per sample; then clamped;
@@ -72,6 +74,7 @@ class RealisticDegradation:
     rounds: tuple[Round, ...] = (Round(), SECOND_ROUND)
     kernel_size: tuple[int, int] = (7, MAX_KERNEL)  # odd sizes, inclusive
     final_sinc_prob: float = 0.8
+    antialias: bool = False  # bilinear/bicubic downscales low-pass first (Real-ESRGAN: no)
 
     @classmethod
     def from_config(cls, settings: dict | None) -> "RealisticDegradation":
@@ -183,20 +186,22 @@ def identity_kernel(n: int) -> torch.Tensor:
 
 
 # --- stages ------------------------------------------------------------------------------------
-def random_resize(x: torch.Tensor, rnd: Round, base: tuple[int, int], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+def random_resize(x: torch.Tensor, rnd: Round, base: tuple[int, int], generator: torch.Generator,
+                  antialias: bool = False) -> tuple[torch.Tensor, dict]:
     """Resizes the whole batch to ``base`` × a factor drawn up (> 1) / down (< 1) / keep (1)."""
     direction = int(choice(1, rnd.resize_probs, generator))
     lo, hi = rnd.resize_range
     factor = [float(uniform(1, (1.0, hi), generator)), float(uniform(1, (lo, 1.0), generator)), 1.0][direction]
     mode = RESIZE_MODES[int(torch.randint(len(RESIZE_MODES), (1,), generator=generator, device=generator.device))]
     size = (max(1, int(base[0] * factor)), max(1, int(base[1] * factor)))
-    return resize(x, size, mode), {"direction": ("up", "down", "keep")[direction], "factor": factor, "mode": mode, "size": size}
+    return resize(x, size, mode, antialias), {"direction": ("up", "down", "keep")[direction], "factor": factor, "mode": mode, "size": size}
 
 
-def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool = False) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    options = {} if mode == "area" else {"align_corners": False, "antialias": antialias}
+    return F.interpolate(x, size=size, mode=mode, **options)
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
@@ -249,7 +254,7 @@ def degrade(hr: torch.Tensor, scale: int, config: RealisticDegradation, generato
         kernels, step["blur"] = blur_kernels(n, rnd, config.kernel_size, generator)
         step["blur"]["applied"] = applies
         x = blur(x, torch.where(applies[:, None, None], kernels, identity_kernel(n)))
-        x, step["resize"] = random_resize(x, rnd, (h, w) if i == 0 else lr_size, generator)
+        x, step["resize"] = random_resize(x, rnd, (h, w) if i == 0 else lr_size, generator, config.antialias)
         x, step["noise"] = add_noise(x, rnd, generator)
         step["jpeg_quality"] = jpeg_qualities(n, rnd, generator)
         if not last:
@@ -271,7 +276,7 @@ def final_stage(x: torch.Tensor, lr_size: tuple[int, int], config: RealisticDegr
     jpeg_first = bool(bernoulli(1, 0.5, generator))
     if jpeg_first:
         x = jpeg(x, qualities)
-    x = blur(resize(x, lr_size, mode), kernels)
+    x = blur(resize(x, lr_size, mode, config.antialias), kernels)
     if not jpeg_first:
         x = jpeg(x, qualities)
     return x, {"sinc": use_sinc, "size": sizes, "omega": omega, "mode": mode, "jpeg_first": jpeg_first}
