@@ -6,13 +6,17 @@ Two dataset layouts are recognised:
                                    benchmark layout); the LR images are used as given
     DIR/HR/*                       HR only; LR = MATLAB ``imresize(hr, 1/S, 'bicubic')``, rounded
 
-HR is mod-cropped to a multiple of the scale in both cases. The model's output is quantised to
+HR is mod-cropped to a multiple of the scale in both cases. With ``degrade`` (a name from
+``srserve.realworld``, e.g. ``real-v1``) the LR images are instead made from the HR images by
+that fixed, seeded degradation pipeline, and the result carries a SHA-256 of all of them.
+The model's output is quantised to
 8 bits by rounding (what a saved PNG would hold) before PSNR/SSIM on luma (``srserve.metrics``),
 with ``scale`` pixels shaved from each border; the reported figures are means over images.
 The bicubic baseline is MATLAB bicubic upscaling of the very same LR images.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -69,6 +73,7 @@ class EvalResult:
     tile: int
     seconds: float
     per_image: list[ImageResult] = field(default_factory=list)
+    lr_sha256: str | None = None  # of the degraded LR images (``degrade``), so runs can be compared
 
     @property
     def gain(self) -> float:
@@ -158,11 +163,14 @@ def as_rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
 
 
-def load_pair(pair: ImagePair, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(HR mod-cropped, LR RGB uint8); HR stays 2-D for gray images (see srserve.metrics)."""
+def load_pair(pair: ImagePair, scale: int, degradation=None) -> tuple[np.ndarray, np.ndarray]:
+    """(HR mod-cropped, LR RGB uint8); HR stays 2-D for gray images (see srserve.metrics).
+    ``degradation`` (a ``srserve.realworld.RealWorldDegradation``) makes the LR from the HR."""
     hr = mod_crop(read_image(pair.hr_path), scale)
     if hr.shape[0] < scale or hr.shape[1] < scale:
         raise DatasetError(f"{pair.hr_path} is smaller than the scale {scale}")
+    if degradation is not None:
+        return hr, as_rgb(degradation.apply(hr, scale, pair.name))
     if pair.lr_path is None:
         return hr, as_rgb(imresize_uint8(hr, 1 / scale))
     lr = read_image(pair.lr_path)
@@ -201,21 +209,28 @@ def check_scale(backend, scale: int) -> None:
 
 
 def evaluate(backend, dataset_dir: str | Path, scale: int, self_ensemble: bool = False, tile: int = 0,
-             progress: bool = True) -> EvalResult:
-    """Runs ``backend`` over a dataset at one scale and scores it against HR and bicubic."""
+             progress: bool = True, degrade: str | None = None) -> EvalResult:
+    """Runs ``backend`` over a dataset at one scale and scores it against HR and bicubic.
+    ``degrade``: make the LR images with that ``srserve.realworld`` pipeline (e.g. ``real-v1``)."""
     from tqdm import tqdm
 
     from srserve.pipeline import upscale_tensor
+    from srserve.realworld import get_degradation
 
     scale = int(scale)
+    degradation = get_degradation(degrade) if degrade else None
     check_scale(backend, scale)
     pairs, lr_source = discover(dataset_dir, scale)
+    if degradation is not None:
+        lr_source = degradation.name
+    lr_digest = hashlib.sha256()
     start = time.perf_counter()
     results = []
     bar = tqdm(pairs, desc=f"{backend.model.name} x{scale}", unit="img", file=sys.stderr,
                disable=not progress or not sys.stderr.isatty())
     for pair in bar:
-        hr, lr = load_pair(pair, scale)
+        hr, lr = load_pair(pair, scale, degradation)
+        lr_digest.update(lr.tobytes())
         sr = to_uint8(upscale_tensor(backend, to_tensor(lr), scale, self_ensemble=self_ensemble, tile=tile))
         results.append(score_image(pair.name, sr, bicubic_upscale(lr, scale), hr, scale))
     return EvalResult(
@@ -223,6 +238,7 @@ def evaluate(backend, dataset_dir: str | Path, scale: int, self_ensemble: bool =
         psnr=_mean(r.psnr for r in results), ssim=_mean(r.ssim for r in results),
         bicubic_psnr=_mean(r.bicubic_psnr for r in results), bicubic_ssim=_mean(r.bicubic_ssim for r in results),
         self_ensemble=self_ensemble, tile=tile, seconds=time.perf_counter() - start, per_image=results,
+        lr_sha256=lr_digest.hexdigest() if degradation is not None else None,
     )
 
 

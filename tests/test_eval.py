@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BENCHMARK, NO_DATASETS
+from conftest import BENCHMARK, NO_DATASETS, ROOT
 from srserve.backends import create_backend
 from srserve.evaluate import DatasetError, EvalError, EvalResult, discover, evaluate
 from srserve.metrics import psnr_y, ssim_y
@@ -184,7 +184,7 @@ def test_json_never_holds_non_finite_numbers():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "srserve", "eval", *args], capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=300)
+                          cwd=ROOT, timeout=300)
 
 
 @needs_benchmark

@@ -18,7 +18,6 @@ from srserve.backends.cpu import bf16_flags, cpu_flags, cpu_has_bf16, cpu_model
 from srserve.cli import main
 from srserve.export import ExportBuilder
 from srserve.gate import MAX_LEVELS, GateResult, record_cpu_bf16
-from srserve.models.flops import count_flops_per_lr_pixel, flops_per_lr_pixel
 from srserve.models.registry import get_spec
 from srserve.models.repository import cpu_bf16_scope
 from srserve.pipeline import upscale_tensor
@@ -296,20 +295,3 @@ def test_gate_refuses_a_cpu_without_native_bf16(tmp_path, monkeypatch, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no native bf16" in err
-
-
-# --- FLOPs --------------------------------------------------------------------------------------
-
-def test_flops_per_lr_pixel_counts_edsr_convolutions(tmp_path):
-    repo = tiny_repository(tmp_path, names=("edsr",))
-    h = TINY["edsr"][0][1]
-    f, r = h["n_feats"], h["n_resblocks"]
-    # 3×3 convolutions at LR: head, 2 per block, body end, upsampler (f -> 4f); tail at HR (4 px);
-    # the 1×1 mean shifts, before (LR) and after (HR)
-    macs = 9 * (3 * f + 2 * r * f * f + f * f + f * 4 * f) + 4 * 9 * f * 3 + 3 * 3 + 4 * 3 * 3
-    assert flops_per_lr_pixel(repo.load("edsr"), 2) == pytest.approx(2 * macs)
-
-
-def test_flop_count_scales_with_the_input_area(tmp_path):
-    net = tiny_repository(tmp_path, names=("rrdb",)).load("rrdb").net(2)
-    assert count_flops_per_lr_pixel(net, 16) == pytest.approx(count_flops_per_lr_pixel(net, 32))

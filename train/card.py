@@ -8,23 +8,32 @@ from srserve.models.repository import ModelEntry
 from .data import expand_path
 
 BENCHMARKS = ("Set5", "Set14")
+REAL_WORLD = "real-v1"    # srserve/realworld.py; its blur is meant for x4, so it is measured at x4
+REAL_WORLD_SCALES = (4,)
 
 
-def measure(entry: ModelEntry, datasets_root: Path, device: str = "cpu") -> list[dict]:
-    """Y-PSNR/SSIM of the entry and of bicubic on Set5/Set14 at every scale it serves."""
+def measure(entry: ModelEntry, datasets_root: Path, device: str = "cpu", degrade: str | None = None) -> list[dict]:
+    """Y-PSNR/SSIM of the entry and of bicubic on Set5/Set14 at every scale it serves; with
+    ``degrade`` on that real-world benchmark (LR made from HR) at REAL_WORLD_SCALES it serves."""
     from srserve.backends import TorchBackend
     from srserve.evaluate import evaluate
 
     rows = []
     backend = TorchBackend(entry.load(device), device)
+    scales = [s for s in entry.scales if s in REAL_WORLD_SCALES] if degrade else entry.scales
     for bench in BENCHMARKS:
-        for scale in entry.scales:
+        for scale in scales:
             dataset = datasets_root / "benchmark" / bench
             if not dataset.exists():
                 continue
-            r = evaluate(backend, dataset, scale, progress=False)
-            rows.append({"dataset": bench, "scale": scale, "psnr": r.psnr, "ssim": r.ssim, "bicubic": r.bicubic_psnr})
+            r = evaluate(backend, dataset, scale, progress=False, degrade=degrade)
+            rows.append({"dataset": bench, "scale": scale, "psnr": r.psnr, "ssim": r.ssim, "bicubic": r.bicubic_psnr,
+                         **({"degrade": degrade, "lr_sha256": r.lr_sha256} if degrade else {})})
     return rows
+
+
+def rounded(rows: list[dict]) -> list[dict]:
+    return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
 
 
 def where_trained(entry: ModelEntry) -> str:
@@ -61,7 +70,8 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
         lines.append(f"- `{w.file}` (x{'/'.join(map(str, w.scales))}, {size_kb} KiB), hyper-parameters `{w.hparams}`: "
                      f"{s.get('recipe', 'imported')} recipe, {s.get('iterations', '?')} iterations{batch_and_patch(s)}, "
                      f"{s.get('wall_time_s', '?')} s on {s.get('hardware', '?')}, {s.get('date', '')}; "
-                     f"data: {', '.join(map(str, s.get('data') or ['?']))}.{describe_stages(s.get('stages'))}")
+                     f"data: {', '.join(map(str, s.get('data') or ['?']))}.{describe_stages(s.get('stages'))}"
+                     + (f" Started from `{s['init_from']}`." if s.get("init_from") else ""))
     lines += ["", "Training data are the 400 BSDS500 train+test images (481×321), not DIV2K/Flickr2K as in the papers,",
               f"and training ran for a small fraction of the papers' iterations ({where_trained(entry)}): "
               "expect lower PSNR than published.", ""]
@@ -75,13 +85,65 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
                      f"{r['psnr'] - r['bicubic']:+.2f} | {published if published is not None else '—'} |")
     lines += ["", f"Reproduce: `srserve eval --model {entry.name} --scale {','.join(map(str, entry.scales))} "
               "--dataset ../shared/datasets/benchmark/Set5`", ""]
+    lines += render_real_world(entry)
     return "\n".join(lines)
 
 
+def render_real_world(entry: ModelEntry) -> list[str]:
+    rows = entry.extra.get("real_world_benchmarks") or []
+    if not rows:
+        return []
+    name = rows[0]["degrade"]
+    lines = [f"## Real-world benchmark `{name}` (Y-PSNR, dB)", "",
+             f"LR made from the HR images by the fixed, seeded `{name}` pipeline (blur, bicubic downscale, noise, "
+             "JPEG; `srserve/realworld.py`); bicubic upscales the same degraded LR.", "",
+             "| dataset | scale | this model | SSIM | bicubic | gain |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['dataset']} | x{r['scale']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['bicubic']:.2f} | "
+              f"{r['psnr'] - r['bicubic']:+.2f} |" for r in rows]
+    lines += ["", f"Reproduce: `srserve eval --model {entry.name} --scale 4 --degrade {name} "
+              "--dataset ../shared/datasets/benchmark/Set14`", ""]
+    return lines
+
+
 def write_model_card(entry: ModelEntry, datasets_root: str = "${SR_DATASETS}", device: str = "cpu") -> list[dict]:
-    """Measures the entry (on ``device``: a GPU run should not wait for the CPU) and rewrites its card."""
+    """Measures the entry (on ``device``: a GPU run should not wait for the CPU) on the clean and
+    the real-world benchmarks and rewrites its card."""
     rows = measure(entry, expand_path(datasets_root), device)
-    entry.extra["benchmarks"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    entry.extra["benchmarks"] = rounded(rows)
+    entry.extra["real_world_benchmarks"] = rounded(measure(entry, expand_path(datasets_root), device, REAL_WORLD))
     entry.save()
     (entry.path / "README.md").write_text(render_card(entry, rows))
     return rows
+
+
+def refresh_real_world(entry: ModelEntry, datasets_root: str = "${SR_DATASETS}", device: str = "cpu") -> list[dict]:
+    """Measures only the real-world rows of an entry and re-renders its card with the clean rows
+    it already records (the shipped models' clean figures need no second measurement)."""
+    entry.extra["real_world_benchmarks"] = rows = rounded(measure(entry, expand_path(datasets_root), device, REAL_WORLD))
+    entry.save()
+    (entry.path / "README.md").write_text(render_card(entry, entry.extra.get("benchmarks", [])))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m srserve.train.card [--repository DIR] [--real-world-only] NAME ...``: re-measure cards."""
+    import argparse
+
+    from srserve.models.repository import Repository
+
+    p = argparse.ArgumentParser(prog="python -m srserve.train.card", description=main.__doc__)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--repository", default="model_repository")
+    p.add_argument("--real-world-only", action="store_true", help=f"measure only {REAL_WORLD}, keep the clean rows")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    repo = Repository(args.repository)
+    for name in args.names:
+        entry = repo.get(name)
+        rows = (refresh_real_world if args.real_world_only else write_model_card)(entry, device=args.device)
+        print(name, [(r["dataset"], r["scale"], round(r["psnr"], 2)) for r in rows])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -215,8 +215,10 @@ class Trainer:
         dataset = expand_path(self.cfg.validation["dataset"])
         if not dataset.exists():
             return {}
+        degrade = self.cfg.validation.get("degrade")  # e.g. real-v1: select weights on a real-world benchmark
+        suffix = f"_{degrade}" if degrade else ""
         backend = TorchBackend(self.recipe.loaded_model(), self.device)
-        return {f"val_psnr_x{s}": round(evaluate(backend, dataset, s, progress=False).psnr, 3)
+        return {f"val_psnr_x{s}{suffix}": round(evaluate(backend, dataset, s, progress=False, degrade=degrade).psnr, 3)
                 for s in self.recipe.scales}
 
     def log(self, row: dict) -> None:
@@ -237,7 +239,8 @@ class Trainer:
     def lr_warmup_share(self) -> float:
         """This step's share of the lr after a warm start in this trainer, counted from the warm
         start's iteration (not from this call), so a second run() continues the ramp."""
-        return warmup_factor(self.iteration - self.warm_starts[-1], self.warmup_steps) if self.warmup_steps else 1.0
+        start = self.warm_starts[-1] if self.warm_starts else 0  # 0: initialised from other weights (init_from)
+        return warmup_factor(self.iteration - start, self.warmup_steps) if self.warmup_steps else 1.0
 
     def improves(self, val: dict) -> bool:
         keys = [k for k in val if k.startswith("val_psnr")]
@@ -251,6 +254,8 @@ class Trainer:
         deadline = started + minutes * 60 if minutes else float("inf")
         if self.iteration == 0 and self.cfg.init_from:
             initialise_from(self.recipe, self.cfg.init_from)
+            # trained weights meet fresh Adam moments here too: ramp the lr if the config asks
+            self.warmup_steps = int(self.cfg.optim.get("warm_start_warmup", 0))
         # Time-boxed runs (a lent GPU, a CPU slot) cannot know their iteration count ahead, so
         # optim.anneal_to makes the lr follow a cosine over the wall-time budget instead.
         anneal_to = self.cfg.optim.get("anneal_to") if minutes else None
@@ -305,7 +310,8 @@ class Trainer:
             "trained_by": "srserve train", "config": str(cfg.path), "recipe": cfg.recipe,
             "iterations": self.iteration, "wall_time_s": round(self.elapsed), "hardware": hardware_description(self.device),
             "data": cfg.data.get("folders"), "batch": cfg.data.get("batch"), "lr_patch": cfg.data.get("lr_patch"),
-            "validation": self.best, **({"warm_starts": self.warm_starts} if self.warm_starts else {}), "date": time.strftime("%Y-%m-%d"),
+            "validation": self.best, **({"init_from": cfg.init_from} if cfg.init_from else {}),
+            **({"warm_starts": self.warm_starts} if self.warm_starts else {}), "date": time.strftime("%Y-%m-%d"),
         }
         if self.stages:
             this_stage = {**stage_facts(source), **{k: source[k] - sum(st[k] for st in self.stages)

@@ -16,7 +16,10 @@ EPILOG = """dataset layouts:
   DIR/HR/*                      HR only; LR made with MATLAB bicubic imresize
 HR is mod-cropped to the scale; PSNR/SSIM on BT.601 Y with S pixels shaved per border
 (gray images on their gray values, as the MATLAB scripts behind published tables do).
-With --json, one JSON object per scale is printed, one per line."""
+With --json, one JSON object per scale is printed, one per line.
+--degrade real-v1 makes the LR from the HR images with a fixed, seeded pipeline (blur,
+bicubic downscale, noise, JPEG; see srserve/realworld.py) instead of bicubic alone; the
+output names the SHA-256 of those LR images."""
 
 
 def parse_scales(text: str) -> list[int]:
@@ -48,6 +51,8 @@ def add_arguments(p) -> None:
     p.add_argument("--self-ensemble", action="store_true", help="geometric self-ensemble x8 (EDSR+)")
     p.add_argument("--tile", type=non_negative, default=0, metavar="N", help="LR tile size; 0 = whole image (default)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    p.add_argument("--degrade", metavar="NAME",
+                   help="real-world benchmark: LR made from HR by this seeded pipeline (real-v1)")
     p.add_argument("--json", action="store_true", help="machine-readable output: one JSON object per scale")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -55,6 +60,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from srserve.backends import create_backend
     from srserve.evaluate import check_scale, discover, evaluate
+    from srserve.realworld import get_degradation
+
+    if args.degrade:
+        get_degradation(args.degrade)  # an unknown name fails before the model loads
 
     backend = create_backend(args.model, "torch", repository=args.repository, device=args.device, scales=args.scale)
     for scale in args.scale:  # fail before the first long run, not after it
@@ -63,7 +72,7 @@ def run(args) -> int:
     results = []
     for scale in args.scale:
         result = evaluate(backend, args.dataset, scale, self_ensemble=args.self_ensemble, tile=args.tile,
-                          progress=not args.quiet)
+                          progress=not args.quiet, degrade=args.degrade)
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
         results.append(result)
@@ -86,4 +95,5 @@ def format_table(results) -> str:
     if results:
         lines.append(f"dataset {results[0].dataset} (LR {results[0].lr_source}), "
                      f"{sum(r.seconds for r in results):.1f} s")
+        lines += [f"x{r.scale} LR images sha256 {r.lr_sha256}" for r in results if r.lr_sha256]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ RECIPES = {
     "vdsr": "vdsr:VDSRRecipe",
     "esrgan_gan": "esrgan:ESRGANRecipe",
     "dasr": "dasr:DASRRecipe",
+    "realesrnet": "realesrnet:RealESRNetRecipe",
 }
 
 

@@ -24,9 +24,13 @@ class PixelRecipe(Recipe):
     def pick_scale(self) -> int:
         return self.scales[int(self.sampler.rng.integers(len(self.scales)))]
 
+    def training_pair(self, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(LR, HR) batch of aligned patches: MATLAB-bicubic LR here, other degradations in subclasses."""
+        return self.sampler.batch(self.cfg.data.get("batch", 16), scale)
+
     def step(self, iteration: int) -> dict[str, float]:
         scale = self.pick_scale()
-        lr, hr = self.sampler.batch(self.cfg.data.get("batch", 16), scale)
+        lr, hr = self.training_pair(scale)
         lr, hr = self.layout(lr.to(self.device)), hr.to(self.device)
         self.net.train()
         with self.autocast():
