@@ -180,6 +180,7 @@ class Service:
                     request = UpscaleRequest.of(body, options)
                     identity = self.engine.result_identity(request)
                     labels[0] = identity["model"]
+                    labels[1] = str(identity["scale"] or "")  # known before any work: a client leaving early counts
                     key = cache_key(body_digest(request.body), identity)
                     served = self._from_cache(key, holds)
                     if served is None:

@@ -314,6 +314,9 @@ class BatchSplitter:
         return outputs
 
     def _split(self, run: Callable[[list], list], items: list) -> list:
+        if self.limit is not None and len(items) > self.limit:  # known not to fit: split without trying
+            half = len(items) // 2
+            return self._split(run, items[:half]) + self._split(run, items[half:])
         try:
             return run(items)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
