@@ -2,21 +2,19 @@
 now on the same, bit-identical LR images, and `realesrnet` is held to issue 18's target."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from srserve.backend import TorchBackend
+from conftest import BENCHMARK, NO_DATASETS, ROOT
+from srserve.backends import TorchBackend
 from srserve.evaluate import evaluate
 from srserve.models.repository import Repository
 
-ROOT = Path(__file__).resolve().parents[1]
-SET5 = ROOT.parent / "shared" / "datasets" / "benchmark" / "Set5"
+USES_ALL_THREADS = True  # full-size models: both cores
+SET5 = BENCHMARK / "Set5"
 REPO = Repository(ROOT / "model_repository")
-needs_set5 = pytest.mark.skipif(not SET5.exists(), reason="needs ../shared/datasets/benchmark/Set5 (not in a user's clone)")
+needs_set5 = pytest.mark.skipif(not SET5.exists(), reason=NO_DATASETS)
 # issue 18: the real-world model beats the shipped edsr by >= 1.0 dB and dasr by >= 0.5 dB on Set14 real-v1
 TARGET_OVER = {"edsr": 1.0, "dasr": 0.5}
-SHORT_OF_TARGET: dict[str, str] = {}  # name -> why it is short (a strict xfail until met)
 
 
 def with_real_world() -> list[str]:
@@ -43,8 +41,7 @@ def test_real_world_card_rows_are_what_the_model_measures(name):
 
 
 @pytest.mark.skipif("realesrnet" not in REPO.names(), reason="realesrnet is not published in model_repository")
-@pytest.mark.parametrize("other", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET[n]))
-                                   if n in SHORT_OF_TARGET else n for n in TARGET_OVER])
+@pytest.mark.parametrize("other", list(TARGET_OVER))
 def test_realesrnet_beats_the_bicubic_trained_models_on_real_world_set14(other):
     mine, theirs = card_row("realesrnet", "Set14"), card_row(other, "Set14")
     assert mine["lr_sha256"] == theirs["lr_sha256"]  # the same LR images
