@@ -225,7 +225,8 @@ class ServerProcess:
     def __init__(self, settings: dict[str, str]):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SR_LOG_LEVEL": "warning", **settings}
+        env = {**os.environ, "SR_LOG_LEVEL": "warning", "SR_JOBS_DIR": tempfile.mkdtemp(prefix="srserve-bench-jobs-"),
+               **settings}
         self.log = tempfile.TemporaryFile("w+")
         # python -m, from a neutral folder: srserve may be on PYTHONPATH rather than installed
         # (bench/gpu_suite.sh), and the checkout's own srserve/ folder must not shadow that

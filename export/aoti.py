@@ -230,7 +230,7 @@ def load_compiled(model: LoadedModel, scale: int, precision: str, *, cache: Engi
 
 def check_package(model: LoadedModel, scale: int, precision: str, runner: PackageRunner, shape: PackageShape) -> dict:
     """Parity with PyTorch at the full window (``onnx_export.check_parity_with``); raises if it fails."""
-    from .onnx_export import GraphJob, _parity_summary, check_parity_with
+    from .onnx_export import GraphJob, summarize_parity, check_parity_with
 
     job = GraphJob("sr", scale, "fp32" if precision == "fp32" else "fp16")
     names = ["image", "degradation"] if model.needs_degradation else ["image"]
@@ -238,5 +238,5 @@ def check_package(model: LoadedModel, scale: int, precision: str, runner: Packag
                                shape.max_side, batch=min(3, shape.max_batch))
     if not parity["passed"]:
         raise ExportError(f"compiled {package_label(model, scale, precision)} failed its parity check: "
-                          f"{_parity_summary(parity)}")
+                          f"{summarize_parity(parity)}")
     return parity

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,9 +29,10 @@ def make_repository(root: Path) -> Path:
 def service_settings(repository: Path, **overrides) -> Settings:
     """Small tiles and batches; torch unless a test asks for another engine (auto would export and
     compile every tiny model); the result cache off (tests that repeat a request expect it to run
-    again) unless a test turns it on with ``cache_bytes``."""
+    again) unless a test turns it on with ``cache_bytes``; a job spool of its own (a server on this
+    machine may hold the default one)."""
     values = dict(repository=repository, backend="torch", tile_size=TILE, max_batch_tiles=4, max_delay_ms=20,
-                  drain_timeout_s=30, cache_bytes=0)
+                  drain_timeout_s=30, cache_bytes=0, jobs_dir=Path(tempfile.mkdtemp(prefix="srserve-jobs-")))
     values.update(overrides)
     return Settings(**values)
 

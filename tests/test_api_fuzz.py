@@ -55,7 +55,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     tiny_repository(root / "repo", names=MODELS)
     port, log = free_port(), root / "server.log"
-    env = {**os.environ, "SR_REPOSITORY": str(root / "repo"), "SR_TILE_SIZE": "16", "SR_LOG_LEVEL": "warning",
+    env = {**os.environ, "SR_REPOSITORY": str(root / "repo"), "SR_JOBS_DIR": str(root / "jobs"), "SR_TILE_SIZE": "16", "SR_LOG_LEVEL": "warning",
            "SR_REQUEST_TIMEOUT_S": "30"}
     with open(log, "w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "srserve"), "serve", "--host", "127.0.0.1",

@@ -93,7 +93,7 @@ def test_a_slow_upload_holds_no_inference_slot_and_times_out(repo):
 @pytest.fixture
 def server(tmp_path, repo):
     port = free_port()
-    env = {**os.environ, "SR_REPOSITORY": str(repo), "SR_MODELS": "edsr", "SR_HEADER_TIMEOUT_S": "2",
+    env = {**os.environ, "SR_REPOSITORY": str(repo), "SR_JOBS_DIR": str(tmp_path / "jobs"), "SR_MODELS": "edsr", "SR_HEADER_TIMEOUT_S": "2",
            "SR_BODY_TIMEOUT_S": "3", "SR_MAX_INFLIGHT_REQUESTS": "4", "SR_LOG_LEVEL": "warning"}
     log = open(tmp_path / "server.log", "w+")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "srserve"), "serve", "--port", str(port)], env=env,

@@ -55,7 +55,9 @@ def test_real_server_concurrent_requests_metrics_and_sigterm_drain(server):
         time.sleep(0.1)
     after_disconnect = httpx.get(f"{base}/metrics").text
     assert metric_sum(after_disconnect, "sr_queue_depth") == 0
-    assert metric(after_disconnect, "sr_requests_total", model="mdsr", scale="4", status="499") == 1
+    # counted once as 499; its labels depend on how far the request got (a busy server may see the
+    # close while still reading the body, before the model is known)
+    assert metric_sum(after_disconnect, "sr_requests_total", status="499") == 1
 
     async def drain():
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:
