@@ -187,6 +187,7 @@ class Upscaled:
     height: int
     input_pixels: int
     inference_ms: float
+    precision: str = ""  # the engine's precision (fp32, bf16, fp16); "" in job records written before it existed
 
 
 def create_model_backend(name: str, settings: Settings, repository: Repository):
@@ -368,7 +369,8 @@ class Engine:
         size = job.size
         data = await self.in_io(compose_and_encode, job, request.format, request.quality)
         return Upscaled(data, MEDIA_TYPES[output_format(request.format)], model.name, model.backend_name, size.scale,
-                        size.width, size.height, job.raster.width * job.raster.height, ticket.inference_s * 1000)
+                        size.width, size.height, job.raster.width * job.raster.height, ticket.inference_s * 1000,
+                        model.precision)
 
     async def _set_degradations(self, ticket: Ticket, model: ServedModel, job: ImageJob) -> None:
         """DASR: each plane's vector from its whole image, on the inference thread."""

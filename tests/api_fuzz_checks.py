@@ -73,7 +73,7 @@ def error_detail_quotes_no_long_value(ctx, response, case):
                                      f"{MAX_QUOTED_CHARS} characters: {detail[:200]!r}...")
 
 
-SERVICE_HEADERS = ("retry-after", "x-model", "x-scale", "x-backend", "x-inference-ms", "x-output-size")
+SERVICE_HEADERS = ("retry-after", "x-model", "x-scale", "x-backend", "x-precision", "x-inference-ms", "x-output-size")
 
 
 @schemathesis.check

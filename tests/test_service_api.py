@@ -49,7 +49,8 @@ def test_result_equals_pipeline(repo, name, scale, self_ensemble):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     assert r.headers["x-model"] == name and r.headers["x-scale"] == str(scale)
-    assert r.headers["x-backend"] == "torch" and float(r.headers["x-inference-ms"]) > 0
+    assert r.headers["x-backend"] == "torch" and r.headers["x-precision"] == "fp32"
+    assert float(r.headers["x-inference-ms"]) > 0
     served = decode(r.content)
     if name == "bicubic":
         backend = TorchBackend(Repository(repo).load(name))

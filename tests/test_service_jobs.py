@@ -73,6 +73,7 @@ def test_job_lifecycle_result_equals_upscale(repo, tmp_path):
     assert view["tiles_done"] == view["tiles_total"] > 1  # 16-pixel tiles
     assert view["created_at"] <= view["started_at"] <= view["finished_at"] < view["expires_at"]
     assert view["result"]["width"] == 52 * 3 and view["result"]["height"] == 60 * 3
+    assert (view["result"]["backend"], view["result"]["precision"]) == ("torch", "fp32")
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
     assert result.headers["x-output-size"] == "156x180" and result.headers["x-model"] == "mdsr"
     assert max_diff(result.content, sync.content) <= 1

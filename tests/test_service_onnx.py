@@ -29,13 +29,15 @@ def test_auto_backend_uses_exported_graphs(tmp_path):
         settings = service_settings(repo.root, models=["edsr", "dasr", "mdsr"], backend=backend,
                                     engine_cache=tmp_path / "cache")
         async with running_app(settings) as (app, client):
-            described = {m["name"]: m["backend"] for m in (await client.get("/v1/models")).json()["models"]}
+            listed = (await client.get("/v1/models")).json()["models"]
+            described = {m["name"]: m["backend"] for m in listed}
+            precisions = {m["name"]: m["precision"] for m in listed}
             results = [await client.post(f"/upscale?model={m}&scale=2", content=body,
                                          headers={"Content-Type": "image/png"}) for m in ("edsr", "dasr", "mdsr")]
-            return described, results
+            return described, results, precisions
 
-    auto_backends, auto = asyncio.run(serve("auto"))
-    torch_backends, torch_results = asyncio.run(serve("torch"))
+    auto_backends, auto, auto_precisions = asyncio.run(serve("auto"))
+    torch_backends, torch_results, _ = asyncio.run(serve("torch"))
     # mdsr has no graphs in the repository: they were exported into the cache
     assert auto_backends == {"edsr": "openvino", "dasr": "openvino", "mdsr": "openvino"}
     assert (tmp_path / "cache" / "onnx" / "mdsr" / "exports.json").is_file()
@@ -45,3 +47,5 @@ def test_auto_backend_uses_exported_graphs(tmp_path):
         assert a.status_code == t.status_code == 200, a.text
         assert max_diff(a.content, t.content) <= 1
     assert [r.headers["x-backend"] for r in auto] == ["openvino"] * 3
+    # the header names the precision /v1/models lists (tiny models have no bf16 gate: fp32)
+    assert [r.headers["x-precision"] for r in auto] == [auto_precisions[m] for m in ("edsr", "dasr", "mdsr")] == ["fp32"] * 3

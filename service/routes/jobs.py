@@ -51,7 +51,8 @@ def job_view(record: JobRecord, now: float | None = None) -> dict:
     if record.status == "done" and record.result:
         meta = record.result
         view["result"] = {"media_type": meta["media_type"], "width": meta["width"], "height": meta["height"],
-                          "model": meta["model"], "backend": meta["backend"], "scale": meta["scale"],
+                          "model": meta["model"], "backend": meta["backend"],
+                          "precision": meta.get("precision") or None, "scale": meta["scale"],
                           "bytes": record.result_bytes, "cache": meta.get("cache"),
                           "inference_ms": meta["inference_ms"]}
     return view

@@ -13,6 +13,7 @@ from ..errors import ERROR_RESPONSES, Cancelled, ServiceError, service_error_res
 
 RESULT_HEADERS = {"X-Model": "the model that ran", "X-Scale": "the native scale that ran",
                   "X-Backend": "the engine that ran (torch, onnxruntime, openvino, tensorrt, ...)",
+                  "X-Precision": "the engine's precision (fp32, bf16, fp16)",
                   "X-Inference-Ms": "this request's share of the backend time, in ms",
                   "X-Output-Size": "WIDTHxHEIGHT of the returned image",
                   "X-Cache": "hit (answered from the result cache, nothing run) or miss",
@@ -36,7 +37,7 @@ router = APIRouter(dependencies=[Depends(authorize)])
 
 def result_headers(result: Upscaled, key: str, cache_hit: bool) -> dict[str, str]:
     return {"X-Model": result.model, "X-Scale": str(result.scale), "X-Backend": result.backend,
-            "X-Inference-Ms": f"{result.inference_ms:.1f}", "X-Output-Size": f"{result.width}x{result.height}",
+            "X-Precision": result.precision or "unknown", "X-Inference-Ms": f"{result.inference_ms:.1f}", "X-Output-Size": f"{result.width}x{result.height}",
             "X-Cache": "hit" if cache_hit else "miss", "ETag": etag(key)}
 
 

@@ -131,7 +131,7 @@ function show(blob, job, seconds) {
   $("result").src = resultUrl;
   $("download").href = resultUrl;
   $("download").download = `${base}_x${r.scale}.${ext}`;
-  $("info").textContent = `${r.width}×${r.height} (×${r.scale}, ${r.model}), ${(blob.size / 1024).toFixed(0)} KB, `
+  $("info").textContent = `${r.width}×${r.height} (×${r.scale}, ${r.model} on ${r.backend}${r.precision ? " " + r.precision : ""}), ${(blob.size / 1024).toFixed(0)} KB, `
     + `${seconds.toFixed(1)} s${r.cache === "hit" ? " (cached)" : ""}`;
   $("result").onload = () => {
     // both halves at one display size (at least MIN_SHOWN px, at most the page's width) so they line up
