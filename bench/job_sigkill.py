@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--side", type=int, default=2048)
     parser.add_argument("--tile", type=int, default=256, help="LR tile side (server and CLI alike)")
+    parser.add_argument("--backend", default="auto", help="engine of the server and of srserve upscale alike")
     parser.add_argument("--kill-at", type=float, default=0.3, help="fraction of tiles done at the SIGKILL")
     args = parser.parse_args()
 
@@ -79,9 +80,9 @@ def main() -> None:
         image = tmp / "input.png"
         image.write_bytes(test_image(args.side))
         env = {"SR_MODELS": args.model, "SR_TILE_SIZE": str(args.tile), "SR_MAX_BATCH_TILES": "1",
-               "SR_JOBS_DIR": str(tmp / "spool"), "SR_LOG_LEVEL": "warning"}
+               "SR_JOBS_DIR": str(tmp / "spool"), "SR_LOG_LEVEL": "warning", "SR_BACKEND": args.backend}
         first = ServerProcess(args.repository, tmp / "first.log", env).start()
-        say(f"server 1 ready (pid {first.proc.pid}); posting a {args.side}x{args.side} job at x{args.scale}")
+        say(f"server 1 ready (pid {first.proc.pid}, SR_BACKEND={args.backend}); posting a {args.side}x{args.side} job at x{args.scale}")
         reply = httpx.post(f"{first.base}/v1/jobs?model={args.model}&scale={args.scale}", content=image.read_bytes(),
                            headers={"Content-Type": "image/png"}, timeout=120)
         job = reply.json()
@@ -100,7 +101,8 @@ def main() -> None:
         out = tmp / "cli"
         started = time.monotonic()
         subprocess.run([str(Path(sys.executable).parent / "srserve"), "upscale", "--repository", str(args.repository),
-                        "--model", args.model, "--scale", str(args.scale), "--tile", str(args.tile), "-o", str(out),
+                        "--model", args.model, "--scale", str(args.scale), "--tile", str(args.tile), "--backend", args.backend,
+                        "-o", str(out),
                         "--quiet", str(image)], check=True)
         say(f"srserve upscale took {time.monotonic() - started:.1f}s")
         served = np.asarray(Image.open(io.BytesIO(result))).astype(np.int16)
