@@ -240,8 +240,11 @@ def test_validation_on_the_real_world_benchmark_names_it_in_the_key(image_folder
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 72, 3), dtype=np.uint8)).save(hr / "a.png")
     cfg = realesrnet_config(image_folder, tmp_path)
     cfg.validation = {"dataset": str(hr.parent), "degrade": "real-v1"}
-    val = Trainer(cfg, tmp_path / "repo").validate()
+    trainer = Trainer(cfg, tmp_path / "repo")
+    val = trainer.validate()
     assert list(val) == ["val_psnr_x4_real-v1"] and np.isfinite(val["val_psnr_x4_real-v1"])
+    trainer.publish()  # a model validated on real-world inputs says so in model.json (and /v1/models)
+    assert trainer.repository.get("t-real").extra["trained_for"] == "real-world"
 
 
 def test_antialiased_bicubic_downscale_is_the_evaluations_matlab_imresize():

@@ -344,6 +344,7 @@ def test_readyz_false_until_warm_then_models(repo):
     assert models["default_model"] == "mdsr"
     mdsr = models["models"][0]
     assert mdsr["architecture"] == "mdsr" and mdsr["scales"] == [2, 3, 4] and mdsr["backend"] == "torch"
+    assert mdsr["trained_for"] == "bicubic"
     assert mdsr["tiling"]["2"]["tile_size"] == TILE and mdsr["precision"] == "fp32"
     assert default.status_code == 200 and default.headers["x-model"] == "mdsr" and default.headers["x-scale"] == "2"
 

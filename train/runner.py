@@ -324,7 +324,9 @@ class Trainer:
                                                 provenance=f"trained by srserve from {cfg.path}")
             if cfg.display_name:
                 entry.extra["display_name"] = cfg.display_name
-                entry.save()
+            if cfg.validation.get("degrade"):  # validated on real-world inputs: what it is for
+                entry.extra["trained_for"] = "real-world"
+            entry.save()
             write_model_card(entry, device=str(self.device))
         print(f"published {cfg.repository_name} x{self.recipe.scales} -> {entry.path}")
 

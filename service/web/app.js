@@ -41,7 +41,7 @@ async function loadModels() {
   const info = await response.json();
   models = info.models;
   const select = $("model");
-  select.replaceChildren(...models.map((m) => new Option(`${m.name} (${m.architecture})`, m.name)));
+  select.replaceChildren(...models.map((m) => new Option(`${m.name} (${m.architecture}${m.trained_for === "real-world" ? ", for real photos" : ""})`, m.name)));
   select.value = info.default_model;
   fillScales(info.default_scale);
   updateButton();
