@@ -2,8 +2,8 @@
 report what they really measure.
 
 Every shipped model must clear a floor that any real trained model clears (random or broken
-weights lose to bicubic), and the issue's targets (>= 3.0 dB over bicubic at x2, >= 2.0 dB at x4);
-a model that misses them fails.
+weights lose to bicubic), and the issue's targets (>= 3.0 dB over bicubic at x2, >= 2.0 dB at x4)
+for models trained on bicubic LR; a model that misses them fails.
 """
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ needs_set5 = pytest.mark.skipif(not SET5.exists(), reason=NO_DATASETS)
 
 def shipped() -> list[str]:
     return REPO.names()
+
+
+def bicubic_trained() -> list[str]:
+    """Models trained on bicubic LR; a ``trained_for: real-world`` model is held to its real-world
+    target instead (tests/test_realworld_shipped.py), its clean figures reported, not targeted."""
+    return [n for n in shipped() if REPO.get(n).extra.get("trained_for", "bicubic") == "bicubic"]
 
 
 def test_the_default_models_are_shipped():
@@ -63,7 +69,7 @@ def test_shipped_model_beats_bicubic_and_matches_its_card(name):
 
 
 @needs_set5
-@pytest.mark.parametrize("name", shipped())
+@pytest.mark.parametrize("name", bicubic_trained())
 def test_shipped_model_meets_the_target_gain(name):
     for scale, target in TARGET_GAIN_DB.items():
         if scale in REPO.get(name).scales:
