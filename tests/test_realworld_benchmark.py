@@ -125,6 +125,7 @@ def test_cli_prints_the_lr_digest(capsys, hr_dataset):
 def test_list_benchmarks_real_world_and_paper_gap_tables(tmp_path, capsys):
     """The tables come from what model.json records: real-v1 beside clean, and the gap to VDSR's paper."""
     import json
+    import shutil
 
     from srserve.cli import main
     from test_import_cli import import_args, tiny_edsr_checkpoint
@@ -139,15 +140,19 @@ def test_list_benchmarks_real_world_and_paper_gap_tables(tmp_path, capsys):
     data["real_world_benchmarks"] = [{"dataset": "Set5", "scale": 2, "psnr": 30.5, "ssim": 0.8, "bicubic": 30.0,
                                       "degrade": "real-v1", "lr_sha256": "0" * 64}]
     model_json.write_text(json.dumps(data))
+    shutil.copytree(repo / "edsr-tiny", repo / "edsr-real")  # the same, trained for real-world inputs
+    (repo / "edsr-real" / "model.json").write_text(json.dumps({**data, "name": "edsr-real", "trained_for": "real-world"}))
     capsys.readouterr()
 
     assert main(["list", "--benchmarks", "--real-world", "--repository", str(repo)]) == 0
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == [["`bicubic`", "x2", "30.00", "—", "—", "—", "33.68", "30.23"],
+                    ["`edsr-real`", "x2", "30.50", "+0.50", "—", "—", "37.00", "33.10"],
                     ["`edsr-tiny`", "x2", "30.50", "+0.50", "—", "—", "37.00", "33.10"]]
 
     assert main(["list", "--benchmarks", "--paper-gap", "--repository", str(repo)]) == 0
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()[2:]]
+    # the real-world model is judged on real-world inputs, not against VDSR's clean figures
     assert rows == [["`edsr-tiny`", "x2", "37.00", "37.53", "-0.53", "33.10", "33.03", "+0.07", "EDSR: 38.11 / 33.92"]]
 
     assert main(["list", "--paper-gap", "--repository", str(repo)]) == 1

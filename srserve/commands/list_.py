@@ -114,7 +114,8 @@ def real_world_table(root) -> str:
 
 def paper_gap_table(root) -> str:
     """Every model's measured clean Set5/Set14 PSNR against VDSR's published figure at the same
-    scale (the bar every shipped model is held to) and against its own paper's, from model.json."""
+    scale (the bar every bicubic-trained model is held to) and against its own paper's, from
+    model.json. A ``trained_for: real-world`` model is left out: it is judged on real-world inputs."""
     from srserve.models import get_spec
     from srserve.models.repository import Repository
 
@@ -124,6 +125,8 @@ def paper_gap_table(root) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for name in repo.names():
         entry = repo.get(name)
+        if entry.extra.get("trained_for", "bicubic") != "bicubic":
+            continue
         measured = {(b["dataset"], b["scale"]): b["psnr"] for b in entry.extra.get("benchmarks", [])}
         own = entry.spec.paper
         for scale in sorted({s for _, s in measured}):
