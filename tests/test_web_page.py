@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import shutil
 import time
@@ -71,8 +72,10 @@ def by_id(driver, element_id: str):
     return driver.find_element(By.ID, element_id)
 
 
-def upscale_in_page(driver, image: Path, model: str, scale: int, key: str | None = None) -> None:
-    """Fills the form like a user and waits until the result is shown (or an error)."""
+def upscale_in_page(driver, image: Path, model: str, scale: int, key: str | None = None,
+                    preselected: str | None = None) -> None:
+    """Fills the form like a user and waits until the result is shown (or an error);
+    ``preselected``: the model the page must have chosen by itself before the user picks one."""
     from selenium.webdriver.support.ui import Select
 
     if key is not None:
@@ -81,6 +84,9 @@ def upscale_in_page(driver, image: Path, model: str, scale: int, key: str | None
         by_id(driver, "model").click()  # leaving the field fires its change event: models load
     wait_for(driver, lambda d: any(o.get_attribute("value") == model
                                    for o in Select(by_id(d, "model")).options), "the models")
+    if preselected is not None:
+        chosen = Select(by_id(driver, "model")).first_selected_option
+        assert chosen.get_attribute("value") == preselected, chosen.text
     Select(by_id(driver, "model")).select_by_value(model)
     Select(by_id(driver, "scale")).select_by_value(str(scale))
     by_id(driver, "file").send_keys(str(image))
@@ -104,7 +110,10 @@ def result_bytes(driver) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
-    process = ServerProcess(make_repository(tmp / "repo"), tmp / "server.log",
+    repo = make_repository(tmp / "repo")
+    mdsr = repo / "mdsr" / "model.json"  # one model trained for real-world photos: the page picks it first
+    mdsr.write_text(json.dumps({**json.loads(mdsr.read_text()), "trained_for": "real-world"}))
+    process = ServerProcess(repo, tmp / "server.log",
                             {"SR_MODELS": "edsr,mdsr", "SR_API_KEYS": KEY}).start()
     yield process
     process.kill()
@@ -144,7 +153,7 @@ def test_web_page_upscales_through_jobs_and_shows_errors(server, driver, tmp_pat
     driver.get(server.base + "/")
     wait_for(driver, lambda d: by_id(d, "error").is_displayed(), "the 401 without a key")
     assert by_id(driver, "error").text.startswith("unauthorized: ")
-    upscale_in_page(driver, image, "edsr", 2, key=KEY)
+    upscale_in_page(driver, image, "edsr", 2, key=KEY, preselected="mdsr")
     assert not by_id(driver, "error").is_displayed(), by_id(driver, "error").text
 
     natural = driver.execute_script("const r = document.getElementById('result');"

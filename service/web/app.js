@@ -42,7 +42,9 @@ async function loadModels() {
   models = info.models;
   const select = $("model");
   select.replaceChildren(...models.map((m) => new Option(`${m.name} (${m.architecture}${m.trained_for === "real-world" ? ", for real photos" : ""})`, m.name)));
-  select.value = info.default_model;
+  // the page is where people bring photos: a model trained for real-world inputs goes first
+  const forPhotos = models.find((m) => m.trained_for === "real-world");
+  select.value = forPhotos ? forPhotos.name : info.default_model;
   fillScales(info.default_scale);
   updateButton();
 }
