@@ -15,7 +15,8 @@ What it does, in one run so the ratios are side by side:
    ``--batch``, then 1), ``--clients`` clients each posting the test images in turn for
    ``--seconds`` (requests still running at the end are awaited, bounded by ``--timeout``), for
    each client count of ``--clients`` in turn against the same server. Latency p50/p95/p99,
-   requests/s, output MP/s, the mean batch size from ``/metrics``.
+   requests/s, output MP/s, the mean batch size from ``/metrics``. The result cache is off
+   (``SR_CACHE_BYTES=0``): the clients repeat a few images, which it would answer unrun.
 3. **served / bare** throughput (the issue's target: >= 0.9) and CPU seconds per output MP of
    the server process vs the bare run. ``busy`` is the fraction of the load's wall time the
    server's inference thread spent in the backend (from ``sr_inference_duration_seconds``):
@@ -212,7 +213,8 @@ def server_settings(repository: Path, args, batch: int) -> dict[str, str]:
                 "SR_BACKEND": args.backend, "SR_MAX_BATCH_TILES": str(batch), "SR_TILE_SIZE": str(args.tile_size),
                 "SR_PRECISION": args.precision, "SR_REQUEST_TIMEOUT_S": str(args.timeout),
                 "SR_MAX_INFLIGHT_REQUESTS": str(max(64, 2 * max(args.client_counts))),
-                "SR_MDSR_CROSS_SCALE": "true" if args.mdsr_cross_scale == "on" else "false"}
+                "SR_MDSR_CROSS_SCALE": "true" if args.mdsr_cross_scale == "on" else "false",
+                "SR_CACHE_BYTES": "0"}  # the clients repeat their images: measure inference, not the cache
     if args.threads:
         settings["SR_THREADS"] = str(args.threads)
     return settings
