@@ -270,8 +270,12 @@ def test_another_config_continues_the_same_model_and_the_card_lists_both_stages(
     assert (first["config"], first["iterations"], first["batch"]) == (first_config, 6, 2)
     assert (second["config"], second["iterations"], second["batch"]) == (str(continuation), 4, 1)
     assert source["iterations"] == 10 and source["hardware"] == first["hardware"]
-    card = render_card(Repository(tmp_path / "repo").get("tiny"), [])
+    entry = Repository(tmp_path / "repo").get("tiny")
+    card = render_card(entry, [])
     assert "10 iterations" in card and "In stages: 6 iterations on" in card and "; then 4 iterations on" in card
+    assert "## Notes" not in card
+    entry.extra["card_notes"] = ["misses its target by 0.8 dB"]  # model.json's notes survive re-rendering
+    assert render_card(entry, []).endswith("## Notes\n\n- misses its target by 0.8 dB\n")
 
 
 def test_sampler_with_data_on_the_device_gives_the_same_batches(image_folder, tmp_path):

@@ -86,7 +86,14 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
     lines += ["", f"Reproduce: `srserve eval --model {entry.name} --scale {','.join(map(str, entry.scales))} "
               "--dataset ../shared/datasets/benchmark/Set5`", ""]
     lines += render_real_world(entry)
+    lines += render_notes(entry)
     return "\n".join(lines)
+
+
+def render_notes(entry: ModelEntry) -> list[str]:
+    """``card_notes`` of model.json (e.g. a target the model misses), kept across re-measurements."""
+    notes = entry.extra.get("card_notes") or []
+    return ["## Notes", "", *[f"- {note}" for note in notes], ""] if notes else []
 
 
 def render_real_world(entry: ModelEntry) -> list[str]:
