@@ -97,6 +97,12 @@ class ModelEntry:
     def spec(self):
         return get_spec(self.architecture)
 
+    @property
+    def trained_for(self) -> str:
+        """``real-world`` for a model trained on degraded photos (model.json ``trained_for``, set on
+        publishing a model validated on a real-world benchmark); ``bicubic`` otherwise."""
+        return self.extra.get("trained_for") or "bicubic"
+
     def receptive_radius(self, scale: int) -> float:
         return self.spec.receptive_radius(self.weights_for(scale).hparams)
 

@@ -135,7 +135,7 @@ class ServedModel:
             "name": self.name, "architecture": self.architecture, "scales": self.scales,
             "description": self.loaded.entry.description if self.loaded.entry is not None else
             self.loaded.spec.description,
-            "trained_for": (self.loaded.entry.extra.get("trained_for") if self.loaded.entry is not None else None) or "bicubic",
+            "trained_for": self.loaded.entry.trained_for if self.loaded.entry is not None else "bicubic",
             "backend": info.get("backend", self.backend_name), "backend_selected": info.get("selected"),
             "device": str(self.backend.device), "precision": self.precision,
             "needs_degradation": self.needs_degradation, "mdsr_cross_scale_batching": self.cross_scale,

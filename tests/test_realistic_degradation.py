@@ -244,7 +244,7 @@ def test_validation_on_the_real_world_benchmark_names_it_in_the_key(image_folder
     val = trainer.validate()
     assert list(val) == ["val_psnr_x4_real-v1"] and np.isfinite(val["val_psnr_x4_real-v1"])
     trainer.publish()  # a model validated on real-world inputs says so in model.json (and /v1/models)
-    assert trainer.repository.get("t-real").extra["trained_for"] == "real-world"
+    assert trainer.repository.get("t-real").trained_for == "real-world"
 
 
 def test_antialiased_bicubic_downscale_is_the_evaluations_matlab_imresize():

@@ -59,7 +59,7 @@ def test_realesrnet_meets_issue_18s_target_on_real_world_set14(other):
 def test_realesrnet_beats_every_bicubic_trained_model_on_real_world_inputs(dataset):
     """What it does achieve: the best real-v1 figure of the repository, on both sets."""
     mine = card_row("realesrnet", dataset)
-    others = [n for n in with_real_world() if REPO.get(n).extra.get("trained_for", "bicubic") == "bicubic"]
+    others = [n for n in with_real_world() if REPO.get(n).trained_for == "bicubic"]
     assert {"edsr", "mdsr", "vdsr", "esrgan", "dasr"} <= set(others)
     for other in others:
         theirs = card_row(other, dataset)

@@ -32,7 +32,7 @@ def shipped() -> list[str]:
 def bicubic_trained() -> list[str]:
     """Models trained on bicubic LR; a ``trained_for: real-world`` model is held to its real-world
     target instead (tests/test_realworld_shipped.py), its clean figures reported, not targeted."""
-    return [n for n in shipped() if REPO.get(n).extra.get("trained_for", "bicubic") == "bicubic"]
+    return [n for n in shipped() if REPO.get(n).trained_for == "bicubic"]
 
 
 def test_the_default_models_are_shipped():

@@ -37,7 +37,8 @@ router = APIRouter(dependencies=[Depends(authorize)])
 
 def result_headers(result: Upscaled, key: str, cache_hit: bool) -> dict[str, str]:
     return {"X-Model": result.model, "X-Scale": str(result.scale), "X-Backend": result.backend,
-            "X-Precision": result.precision or "unknown", "X-Inference-Ms": f"{result.inference_ms:.1f}", "X-Output-Size": f"{result.width}x{result.height}",
+            "X-Precision": result.precision or "unknown", "X-Inference-Ms": f"{result.inference_ms:.1f}",
+            "X-Output-Size": f"{result.width}x{result.height}",
             "X-Cache": "hit" if cache_hit else "miss", "ETag": etag(key)}
 
 

@@ -125,7 +125,7 @@ def paper_gap_table(root) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for name in repo.names():
         entry = repo.get(name)
-        if entry.extra.get("trained_for", "bicubic") != "bicubic":
+        if entry.trained_for != "bicubic":
             continue
         measured = {(b["dataset"], b["scale"]): b["psnr"] for b in entry.extra.get("benchmarks", [])}
         own = entry.spec.paper
