@@ -147,15 +147,22 @@ def test_list_shows_bicubic_and_imported_models(tmp_path, capsys):
     assert rows["edsr-tiny"]["size_bytes"] == (repo / "edsr-tiny" / "x2.safetensors").stat().st_size
 
 
-def test_list_benchmarks_prints_the_measured_table_of_each_card(tmp_path, capsys):
+def imported_edsr_with_card(tmp_path: Path, **card) -> tuple[Path, dict]:
+    """A repository with a tiny imported ×2 EDSR ``edsr-tiny`` whose model.json also holds
+    ``card`` (measured figures, as a trained model's card would); the repository and model.json."""
     repo = tmp_path / "repo"
     tiny_edsr_checkpoint(tmp_path / "edsr_x2.pt")
     assert main(import_args(tmp_path / "edsr_x2.pt", "edsr-tiny", repo)) == 0
     model_json = repo / "edsr-tiny" / "model.json"
-    data = json.loads(model_json.read_text())
-    data["benchmarks"] = [{"dataset": "Set14", "scale": 2, "psnr": 31.0, "ssim": 0.9, "bicubic": 30.23},
-                          {"dataset": "Set5", "scale": 2, "psnr": 36.5, "ssim": 0.95, "bicubic": 33.68}]
+    data = {**json.loads(model_json.read_text()), **card}
     model_json.write_text(json.dumps(data))
+    return repo, data
+
+
+def test_list_benchmarks_prints_the_measured_table_of_each_card(tmp_path, capsys):
+    repo, _ = imported_edsr_with_card(tmp_path, benchmarks=[
+        {"dataset": "Set14", "scale": 2, "psnr": 31.0, "ssim": 0.9, "bicubic": 30.23},
+        {"dataset": "Set5", "scale": 2, "psnr": 36.5, "ssim": 0.95, "bicubic": 33.68}])
     capsys.readouterr()
 
     assert main(["list", "--benchmarks", "--repository", str(repo)]) == 0

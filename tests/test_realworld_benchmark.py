@@ -128,18 +128,14 @@ def test_list_benchmarks_real_world_and_paper_gap_tables(tmp_path, capsys):
     import shutil
 
     from srserve.cli import main
-    from test_import_cli import import_args, tiny_edsr_checkpoint
+    from test_import_cli import imported_edsr_with_card
 
-    repo = tmp_path / "repo"
-    tiny_edsr_checkpoint(tmp_path / "edsr_x2.pt")
-    assert main(import_args(tmp_path / "edsr_x2.pt", "edsr-tiny", repo)) == 0
-    model_json = repo / "edsr-tiny" / "model.json"
-    data = json.loads(model_json.read_text())
-    data["benchmarks"] = [{"dataset": "Set5", "scale": 2, "psnr": 37.0, "ssim": 0.95, "bicubic": 33.68},
-                          {"dataset": "Set14", "scale": 2, "psnr": 33.1, "ssim": 0.9, "bicubic": 30.23}]
-    data["real_world_benchmarks"] = [{"dataset": "Set5", "scale": 2, "psnr": 30.5, "ssim": 0.8, "bicubic": 30.0,
-                                      "degrade": "real-v1", "lr_sha256": "0" * 64}]
-    model_json.write_text(json.dumps(data))
+    repo, data = imported_edsr_with_card(
+        tmp_path,
+        benchmarks=[{"dataset": "Set5", "scale": 2, "psnr": 37.0, "ssim": 0.95, "bicubic": 33.68},
+                    {"dataset": "Set14", "scale": 2, "psnr": 33.1, "ssim": 0.9, "bicubic": 30.23}],
+        real_world_benchmarks=[{"dataset": "Set5", "scale": 2, "psnr": 30.5, "ssim": 0.8, "bicubic": 30.0,
+                                "degrade": "real-v1", "lr_sha256": "0" * 64}])
     shutil.copytree(repo / "edsr-tiny", repo / "edsr-real")  # the same, trained for real-world inputs
     (repo / "edsr-real" / "model.json").write_text(json.dumps({**data, "name": "edsr-real", "trained_for": "real-world"}))
     capsys.readouterr()

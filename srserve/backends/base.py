@@ -48,6 +48,31 @@ class Backend(Protocol):
     def describe(self) -> dict: ...
 
 
+class GraphEngine:
+    """What the graph engines (onnxruntime, OpenVINO) share: one graph per kind ("sr",
+    "ensemble", "degradation") and scale, fed by input name. A subclass implements
+    ``_run_graph(kind, x, scale, degradation)``."""
+
+    model: LoadedModel
+
+    def run(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None = None) -> torch.Tensor:
+        return self._run_graph("sr", x, scale, degradation)
+
+    def run_ensemble(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None = None) -> torch.Tensor:
+        """The self-ensemble ×8 in one graph: the mean of the 8 transforms, not clamped."""
+        return self._run_graph("ensemble", x, scale, degradation)
+
+    def _feeds(self, names: list[str], *tensors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The given tensors (``None`` = absent, e.g. no degradation vector) by the graph's input names."""
+        given = [t for t in tensors if t is not None]
+        if len(given) != len(names):
+            raise BackendError(f"model {self.model.name!r} takes inputs {names}, got {len(given)} tensors")
+        return dict(zip(names, given))
+
+    def _run_graph(self, kind: str, x: torch.Tensor, scale: int, degradation: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
 def resolve_precision(requested: str, device: torch.device, fp16_safe: bool, *, force: bool = False) -> tuple[str, str]:
     """The precision to run and, when it differs from ``requested``, why (else "").
 

@@ -17,7 +17,7 @@ import torch
 from srserve.models.repository import LoadedModel
 
 from .artifacts import default_cache_dir
-from .base import BackendError, PrecisionGuard, resolve_precision
+from .base import BackendError, GraphEngine, PrecisionGuard, resolve_precision
 from .cuda import DEFAULT_MAX_BATCH, device_index, gpu_slug, tile_window
 from .sources import ArtifactBuilder, OnnxArtifacts
 
@@ -65,7 +65,7 @@ def tensorrt_ep_options(cache_dir: str | Path, device_id: int, gpu: str, sha256:
             "trt_timing_cache_path": str(root), **profile}
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(GraphEngine):
     name = "onnxruntime"
     selected = "requested"
 
@@ -167,10 +167,7 @@ class OnnxRuntimeBackend:
         return self._guard.fallbacks
 
     def _feeds(self, names: list[str], *tensors: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        given = [t for t in tensors if t is not None]
-        if len(given) != len(names):
-            raise BackendError(f"model {self.model.name!r} takes inputs {names}, got {len(given)} tensors")
-        return dict(zip(names, (t.float().contiguous() for t in given)))
+        return {n: t.float().contiguous() for n, t in super()._feeds(names, *tensors).items()}
 
     def _execute(self, kind: str, scale: int, precision: str, feeds: dict[str, torch.Tensor],
                  out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -202,13 +199,6 @@ class OnnxRuntimeBackend:
         shape = (n, 3, h * scale, w * scale)
         out = self._execute(kind, scale, self.precision, feeds, shape)
         return self._guard.check(out, lambda: self._execute(kind, scale, "fp32", feeds, shape))
-
-    def run(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None = None) -> torch.Tensor:
-        return self._run_graph("sr", x, scale, degradation)
-
-    def run_ensemble(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None = None) -> torch.Tensor:
-        """The self-ensemble ×8 in one graph: the mean of the 8 transforms, not clamped."""
-        return self._run_graph("ensemble", x, scale, degradation)
 
     def degradation(self, x: torch.Tensor, scale: int) -> torch.Tensor | None:
         if not self.model.needs_degradation:

@@ -38,7 +38,7 @@ import torch
 from srserve.models.repository import LoadedModel, cpu_bf16_scope
 
 from .artifacts import default_cache_dir
-from .base import BackendError, PrecisionGuard, resolve_cpu_bf16
+from .base import BackendError, GraphEngine, PrecisionGuard, resolve_cpu_bf16
 from .cpu import bf16_flags, cpu_model
 from .sources import ArtifactBuilder, OnnxArtifacts
 
@@ -159,7 +159,7 @@ def passed(parity: dict, precision: str) -> bool:
     return bool(parity["real"].get("passed"))
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(GraphEngine):
     name = "openvino"
     selected = "requested"
 
@@ -279,12 +279,6 @@ class OpenVinoBackend:
     def fp16_fallbacks(self) -> int:
         return self._guard.fallbacks
 
-    def _feeds(self, names: list[str], *tensors: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        given = [t for t in tensors if t is not None]
-        if len(given) != len(names):
-            raise BackendError(f"model {self.model.name!r} takes inputs {names}, got {len(given)} tensors")
-        return dict(zip(names, given))
-
     def _run_graph(self, kind: str, x: torch.Tensor, scale: int, degradation: torch.Tensor | None) -> torch.Tensor:
         scale = int(scale)
         self.model.net(scale)  # raises the user-facing scale error
@@ -295,13 +289,6 @@ class OpenVinoBackend:
         if precision == "fp32":
             return out
         return self._guard.check(out, lambda: self._graph(kind, scale, "fp32")(feeds))
-
-    def run(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None = None) -> torch.Tensor:
-        return self._run_graph("sr", x, scale, degradation)
-
-    def run_ensemble(self, x: torch.Tensor, scale: int, degradation: torch.Tensor | None = None) -> torch.Tensor:
-        """The self-ensemble ×8 in one graph: the mean of the 8 transforms, not clamped."""
-        return self._run_graph("ensemble", x, scale, degradation)
 
     def degradation(self, x: torch.Tensor, scale: int) -> torch.Tensor | None:
         if not self.model.needs_degradation:
