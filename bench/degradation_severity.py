@@ -19,33 +19,26 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import BENCHMARK  # noqa: E402
+from srserve.evaluate import as_rgb, discover, mod_crop, read_image  # noqa: E402
 from srserve.metrics import psnr_y  # noqa: E402
-from srserve.models.imresize import imresize  # noqa: E402
+from srserve.models.imresize import imresize_uint8  # noqa: E402
 from srserve.realworld import get_degradation  # noqa: E402
 from srserve.train.realistic import RealisticDegradation, degrade  # noqa: E402
 
 
 def hr_images(dataset: Path, scale: int) -> list[tuple[str, np.ndarray]]:
-    folder = dataset / f"x{scale}" / "HR"
-    if not folder.is_dir():
-        raise SystemExit(f"no HR images in {folder} (the benchmark data sets are not here)")
-    out = []
-    for path in sorted(folder.glob("*.png")):
-        hr = np.asarray(Image.open(path).convert("RGB"))
-        h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
-        out.append((path.name, hr[:h, :w].copy()))
-    return out
+    """The dataset's HR images as ``srserve eval`` reads them (mod-cropped), in RGB."""
+    pairs, _ = discover(dataset, scale)
+    return [(pair.name, as_rgb(mod_crop(read_image(pair.hr_path), scale))) for pair in pairs]
 
 
 def clean_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    lr = imresize(hr.astype(np.float64), output_shape=(hr.shape[0] // scale, hr.shape[1] // scale))
-    return np.clip(np.round(lr), 0, 255).astype(np.uint8)
+    return imresize_uint8(hr, output_shape=(hr.shape[0] // scale, hr.shape[1] // scale))
 
 
 def summary(values: list[float]) -> str:
