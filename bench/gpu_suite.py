@@ -151,6 +151,8 @@ def markdown(d: dict) -> str:
              f"CUDA {env.get('cuda', '-')}, driver {env.get('driver', '-')}, budget {d['budget_s']:.0f} s.", "",
              f"Peak ({env.get('peak', {}).get('source', 'none known')}): "
              + ", ".join(f"{k} {v} TFLOP/s" for k, v in env.get("peak", {}).get("tflops", {}).items()), "",
+             f"Weights rounded to fp16 to travel (timings unaffected; the max Δ column compares engines on "
+             f"those weights): {', '.join(d.get('weights_rounded_to_fp16') or []) or 'none'}.", "",
              "## Sections", "", "| section | seconds | status |", "|---|---|---|"]
     lines += [f"| {n} | {s['seconds']} | {s['status']} |" for n, s in d["sections"].items()]
     lines += ["", "## Engines", "", "| engine | status |", "|---|---|"]
@@ -595,6 +597,8 @@ def main(argv=None) -> int:
     from srserve.models.flops import flops_per_lr_pixel
 
     report.data["flops_per_lr_pixel"] = {f"{m.name} x{s}": flops_per_lr_pixel(m, s) for m, s in models}
+    # bench/gpu_pack.py rounds some weights to fp16 so that the call fits: say which
+    report.data["weights_rounded_to_fp16"] = sorted({m.name for m, _ in models if m.entry.extra.get("gpu_pack")})
     report.data["engines"] = {e.label: engine_status(e, device) for e in ENGINES}
     report.section("environment", time.monotonic() - started)
     report.write()
