@@ -24,6 +24,11 @@ export SR_RUNS=${SR_RUNS:-$(mktemp -d)}
 OUT=${OUT:-$ROOT/gpu_train_out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$SR_RUNS/logs.gpu" || true
+mkdir -p "$SR_RUNS/logs"
+if [ "${SR_TRAIN_DEVICE:-cuda}" = cuda ]; then  # seconds: does the degradation pipeline keep up with the GPU?
+  "$PY" "$ROOT/bench/degradation.py" --device cuda --amp bf16 --shapes 32x192 --repeats 5 \
+    --config "$ROOT/train/configs/gpu/realesrnet.yaml" 2>&1 | tee "$SR_RUNS/logs/degradation_gpu.md" || true
+fi
 bash "$ROOT/train/gpu_run.sh" "$minutes" "$@"
 for name in "$@"; do  # what each run saw, for the log tar
   cp "$SR_RUNS/$("$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$ROOT/train/configs/gpu/$name.yaml")/log.csv" \

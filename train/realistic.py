@@ -19,8 +19,10 @@ HR batch (N×3×H×W in [0, 1]) -> LR batch (N×3×H/s×W/s, quantised to 8 bits
 - **noise**: Gaussian (σ ~ ``noise_sigma`` on the 0-255 scale) with ``gaussian_noise_prob``,
   otherwise Poisson (counts of x·255, the residual times ``poisson_scale``); gray (one plane for
   all channels, from the luma for Poisson) with ``gray_noise_prob``; per sample; then clamped;
-- **JPEG**: per-sample quality ~ U{``jpeg_quality``} through Pillow (``srserve.realworld``);
-  on the CPU, the only stage that is not torch;
+- **JPEG**: per-sample quality ~ U{``jpeg_quality``}; ``jpeg: pillow`` through Pillow
+  (``srserve.realworld``, exact libjpeg, per sample on the CPU), ``jpeg: torch`` batched on the
+  batch's device (``train/jpeg.py``, libjpeg's algorithm in floating point: the same PSNR within
+  0.03 dB), ``auto`` (default) torch for batches on a GPU and Pillow on the CPU, where it is faster;
 - **final sinc** with ``final_sinc_prob`` (ω ~ U[π/3, π]); other samples get the identity.
 
 Every random draw comes from the ``torch.Generator`` passed in (draws happen on its device), so a
@@ -40,9 +42,11 @@ import torch.nn.functional as F
 from srserve.realworld import jpeg_roundtrip
 
 from .degradation import blur, kernel_grid, normalise, quadratic_form
+from .jpeg import jpeg_torch
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
+JPEG_ENGINES = ("auto", "pillow", "torch")
 MAX_KERNEL = 21
 
 
@@ -75,6 +79,7 @@ class RealisticDegradation:
     kernel_size: tuple[int, int] = (7, MAX_KERNEL)  # odd sizes, inclusive
     final_sinc_prob: float = 0.8
     antialias: bool = False  # bilinear/bicubic downscales low-pass first (Real-ESRGAN: no)
+    jpeg: str = "auto"  # pillow | torch | auto (torch on a GPU: Pillow would starve it)
 
     @classmethod
     def from_config(cls, settings: dict | None) -> "RealisticDegradation":
@@ -93,6 +98,8 @@ class RealisticDegradation:
             settings["rounds"] = tuple(_round(base[i], r) for i, r in enumerate(rounds))
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
         config = replace(defaults, **settings)
+        if config.jpeg not in JPEG_ENGINES:
+            raise ValueError(f"degradation.jpeg must be one of {JPEG_ENGINES}, got {config.jpeg!r}")
         if not (3 <= config.kernel_size[0] <= config.kernel_size[1] <= MAX_KERNEL):
             raise ValueError(f"kernel_size must lie within [3, {MAX_KERNEL}], got {config.kernel_size}")
         return config
@@ -220,17 +227,23 @@ def add_noise(x: torch.Tensor, rnd: Round, generator: torch.Generator) -> tuple[
     dev = generator.device
     normal = torch.randn((n, c, h, w), generator=generator, device=dev)
     normal = torch.where(gray.to(dev)[:, None, None, None], normal[:, :1].expand(-1, c, -1, -1), normal).to(x)
-    base = torch.where(gray.to(x.device)[:, None, None, None], luma(x).expand(-1, c, -1, -1), x).clamp(0, 1)
-    counts = torch.poisson(base.mul(255).to(dev), generator=generator).to(x)
-    if bool(gray.any()):  # gray Poisson noise: one plane of counts for every channel
-        counts = torch.where(gray.to(x.device)[:, None, None, None], counts[:, :1].expand(-1, c, -1, -1), counts)
-    poisson = (counts / 255 - base) * pscale.to(x).view(-1, 1, 1, 1)
-    noise = torch.where(gaussian.to(x.device)[:, None, None, None], normal * (sigma.to(x) / 255).view(-1, 1, 1, 1), poisson)
+    noise = normal * (sigma.to(x) / 255).view(-1, 1, 1, 1)
+    poisson = ~gaussian
+    if bool(poisson.any()):  # only where drawn: Poisson sampling costs CPU time and its draws depend on the pixels
+        rows = poisson.to(x.device)
+        gray_rows = gray[poisson].to(x.device)[:, None, None, None]
+        base = torch.where(gray_rows, luma(x[rows]).expand(-1, c, -1, -1), x[rows]).clamp(0, 1)
+        counts = torch.poisson(base.mul(255).to(dev), generator=generator).to(x)
+        counts = torch.where(gray_rows, counts[:, :1].expand(-1, c, -1, -1), counts)  # gray: one plane for all
+        noise[rows] = (counts / 255 - base) * pscale[poisson].to(x).view(-1, 1, 1, 1)
     return (x + noise).clamp(0, 1), {"gaussian": gaussian, "gray": gray, "sigma": sigma, "poisson_scale": pscale}
 
 
-def jpeg(x: torch.Tensor, qualities: torch.Tensor) -> torch.Tensor:
-    """Per-sample JPEG round trip (Pillow) of N×3×H×W in [0, 1] at the given qualities."""
+def jpeg(x: torch.Tensor, qualities: torch.Tensor, engine: str = "pillow") -> torch.Tensor:
+    """Per-sample JPEG round trip of N×3×H×W in [0, 1] at the given qualities (``engine``: see
+    the module docstring)."""
+    if engine == "torch" or (engine == "auto" and x.device.type != "cpu"):
+        return jpeg_torch(x, qualities)
     images = x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     out = np.stack([jpeg_roundtrip(img, int(q)) for img, q in zip(images, qualities)])
     return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).float().div(255)
@@ -258,7 +271,7 @@ def degrade(hr: torch.Tensor, scale: int, config: RealisticDegradation, generato
         x, step["noise"] = add_noise(x, rnd, generator)
         step["jpeg_quality"] = jpeg_qualities(n, rnd, generator)
         if not last:
-            x = jpeg(x, step["jpeg_quality"])
+            x = jpeg(x, step["jpeg_quality"], config.jpeg)
         log["rounds"].append(step)
     x, log["final"] = final_stage(x, lr_size, config, log["rounds"][-1]["jpeg_quality"], generator)
     return x.clamp(0, 1).mul(255).round().div(255), log
@@ -275,8 +288,8 @@ def final_stage(x: torch.Tensor, lr_size: tuple[int, int], config: RealisticDegr
     mode = RESIZE_MODES[int(torch.randint(len(RESIZE_MODES), (1,), generator=generator, device=generator.device))]
     jpeg_first = bool(bernoulli(1, 0.5, generator))
     if jpeg_first:
-        x = jpeg(x, qualities)
+        x = jpeg(x, qualities, config.jpeg)
     x = blur(resize(x, lr_size, mode, config.antialias), kernels)
     if not jpeg_first:
-        x = jpeg(x, qualities)
+        x = jpeg(x, qualities, config.jpeg)
     return x, {"sinc": use_sinc, "size": sizes, "omega": omega, "mode": mode, "jpeg_first": jpeg_first}
