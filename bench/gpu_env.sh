@@ -15,6 +15,9 @@ if ! "$PY" -c "import srserve.models, srserve.export" >/dev/null 2>&1; then
   for entry in "$ROOT"/srserve/*; do ln -s "$entry" "$SHIM/srserve/"; done
   for folder in models export service train; do ln -s "$ROOT/$folder" "$SHIM/srserve/$folder"; done
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+  # `python3 -m srserve` from the checkout would find its bare srserve/ folder (no models/, ...)
+  # before the shim: keep the working directory off sys.path (Python >= 3.11)
+  export PYTHONSAFEPATH=1
 fi
 
 if ! "$PY" -c "import fastapi, uvicorn, pydantic_settings, multipart" >/dev/null 2>&1 \

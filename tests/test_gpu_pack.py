@@ -12,6 +12,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -174,3 +175,50 @@ def test_every_gpu_config_continues_a_shipped_model(config):
     entry = Repository(ROOT / "model_repository").get(cfg.repository_name)
     assert entry.architecture == cfg.arch
     assert [w for w in entry.weights if w.hparams == cfg.hparams and 0 < w.source.get("iterations", 0) < cfg.iterations]
+
+
+@pytest.mark.slow
+def test_a_training_call_runs_end_to_end_as_on_the_gpu_machine(tmp_path):
+    """pack here -> train/gpu_call.sh under an interpreter without srserve installed (as on the
+    GPU machine; on the CPU, a few seconds) -> tars in OUT -> unpack here: the trained weights
+    arrive in the repository and git tracks it again."""
+    import device_like
+    from PIL import Image
+
+    checkout = tmp_path / "checkout"
+    code = git(ROOT, "ls-files", "-z").split("\0")
+    for name in (n for n in code if n and not n.startswith("model_repository/")):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_bytes((ROOT / name).read_bytes())
+    (checkout / "train" / "gpu_call.sh").chmod(0o755)
+    torch.manual_seed(0)
+    Repository(checkout / "model_repository").add_weights("tiny", "edsr", HPARAMS, build_network("edsr", HPARAMS).state_dict(),
+                                                          source={"iterations": 1})
+    (checkout / "train" / "configs" / "gpu" / "tiny.yaml").write_text(
+        GPU_CONFIG.replace("recipe: pixel", "recipe: edsr") + "iterations: 1000000\nvalidate_every: 1000\nlog_every: 1\noptim: {lr: 1.0e-3}\n")
+    git(checkout, "init", "-q")
+    git(checkout, "add", "-A")
+    git(checkout, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "checkout")
+    datasets = tmp_path / "datasets"
+    rng = np.random.default_rng(0)
+    for folder, size in [("train/photos", 64), *((f"benchmark/{b}/x2/HR", 32) for b in ("Set5", "Set14")),
+                         *((f"benchmark/{b}/x2/LR", 16) for b in ("Set5", "Set14"))]:
+        (datasets / folder).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(datasets / folder / "img_001.png")
+
+    gpu_pack.main(["--root", str(checkout), "train", "0.05", "tiny", "--datasets", str(datasets)])
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", "train/gpu_call.sh", "0.05", "tiny"], cwd=checkout, capture_output=True, text=True,
+                          env={**device_like.env(tmp_path / "device", serving=False), "SR_TRAIN_DEVICE": "cpu",
+                               "OUT": str(out), "SR_RUNS": str(tmp_path / "runs")}, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "failed" not in done.stdout, (tmp_path / "runs" / "logs" / "tiny.log").read_text()[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar", "weights-0.tar"]
+
+    before = load_file(str(checkout / "model_repository" / "tiny" / "x2.safetensors"))
+    gpu_pack.main(["--root", str(checkout), "unpack", str(out)])
+    after = load_file(str(checkout / "model_repository" / "tiny" / "x2.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained and came back
+    source = Repository(checkout / "model_repository").get("tiny").weights[0].source
+    assert source["iterations"] > 1 and source["config"].endswith("gpu/tiny.yaml")
+    assert " M model_repository/tiny/x2.safetensors" in git(checkout, "status", "--porcelain").splitlines()

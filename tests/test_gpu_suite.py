@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import device_like
 import pytest
 import torch
 
@@ -29,10 +30,10 @@ gpu_suite = load_bench("gpu_suite")
 
 
 def run_suite(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable}
-    env.pop("OUT", None)
-    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), *argv], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    """bench/gpu_suite.sh as on the GPU machine: srserve not installed (its shim maps the checkout)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), *argv], capture_output=True, text=True,
+                              env=device_like.env(Path(folder)), timeout=timeout, cwd=ROOT)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the suite would run")
