@@ -22,7 +22,8 @@ HR batch (N×3×H×W in [0, 1]) -> LR batch (N×3×H/s×W/s, quantised to 8 bits
 - **JPEG**: per-sample quality ~ U{``jpeg_quality``}; ``jpeg: pillow`` through Pillow
   (``srserve.realworld``, exact libjpeg, per sample on the CPU), ``jpeg: torch`` batched on the
   batch's device (``train/jpeg.py``, libjpeg's algorithm in floating point: the same PSNR within
-  0.03 dB), ``auto`` (default) torch for batches on a GPU and Pillow on the CPU, where it is faster;
+  0.03 dB), ``auto`` (default) torch for batches on a GPU and Pillow on the CPU (exact there,
+  and about as fast: BENCHMARKS.md);
 - **final sinc** with ``final_sinc_prob`` (ω ~ U[π/3, π]); other samples get the identity.
 
 Every random draw comes from the ``torch.Generator`` passed in (draws happen on its device), so a
