@@ -22,12 +22,13 @@ HR batch (N×3×H×W in [0, 1]) -> LR batch (N×3×H/s×W/s, quantised to 8 bits
 - **JPEG**: per-sample quality ~ U{``jpeg_quality``}; ``jpeg: pillow`` through Pillow
   (``srserve.realworld``, exact libjpeg, per sample on the CPU), ``jpeg: torch`` batched on the
   batch's device (``train/jpeg.py``, libjpeg's algorithm in floating point: the same PSNR within
-  0.03 dB), ``auto`` (default) torch for batches on a GPU and Pillow on the CPU (exact there,
+  0.01 dB), ``auto`` (default) torch for batches on a GPU and Pillow on the CPU (exact there,
   and about as fast: BENCHMARKS.md);
 - **final sinc** with ``final_sinc_prob`` (ω ~ U[π/3, π]); other samples get the identity.
 
-Every random draw comes from the ``torch.Generator`` passed in (draws happen on its device), so a
-seed fixes the batch; the drawn parameters are returned with it so tests can check each stage.
+Every random draw comes from the ``torch.Generator`` passed in (parameters on its device; the
+per-pixel noise on the batch's device, from a generator seeded by one draw of it), so a seed
+fixes the batch; the drawn parameters are returned with it so tests can check each stage.
 Defaults are Real-ESRGAN's; a config overrides them in ``data.degradation`` (see
 ``train/configs/realesrnet.yaml``).
 """
@@ -225,16 +226,20 @@ def add_noise(x: torch.Tensor, rnd: Round, generator: torch.Generator) -> tuple[
     gray = bernoulli(n, rnd.gray_noise_prob, generator)
     sigma = uniform(n, rnd.noise_sigma, generator)
     pscale = uniform(n, rnd.poisson_scale, generator)
-    dev = generator.device
-    normal = torch.randn((n, c, h, w), generator=generator, device=dev)
-    normal = torch.where(gray.to(dev)[:, None, None, None], normal[:, :1].expand(-1, c, -1, -1), normal).to(x)
+    # The per-pixel draws happen where the batch is (on a GPU, not pixel by pixel on the CPU) from a
+    # generator seeded by one draw of the main one, so the later draws never depend on the pixels
+    # (Poisson sampling consumes a number of draws that does) and a seed still fixes the batch.
+    pixels = torch.Generator(device=x.device).manual_seed(int(torch.randint(2**62, (1,), generator=generator,
+                                                                            device=generator.device)))
+    normal = torch.randn((n, c, h, w), generator=pixels, device=x.device, dtype=x.dtype)
+    normal = torch.where(gray.to(x.device)[:, None, None, None], normal[:, :1].expand(-1, c, -1, -1), normal)
     noise = normal * (sigma.to(x) / 255).view(-1, 1, 1, 1)
     poisson = ~gaussian
-    if bool(poisson.any()):  # only where drawn: Poisson sampling costs CPU time and its draws depend on the pixels
+    if bool(poisson.any()):  # only the samples that use it
         rows = poisson.to(x.device)
         gray_rows = gray[poisson].to(x.device)[:, None, None, None]
         base = torch.where(gray_rows, luma(x[rows]).expand(-1, c, -1, -1), x[rows]).clamp(0, 1)
-        counts = torch.poisson(base.mul(255).to(dev), generator=generator).to(x)
+        counts = torch.poisson(base.mul(255), generator=pixels)
         counts = torch.where(gray_rows, counts[:, :1].expand(-1, c, -1, -1), counts)  # gray: one plane for all
         noise[rows] = (counts / 255 - base) * pscale[poisson].to(x).view(-1, 1, 1, 1)
     return (x + noise).clamp(0, 1), {"gaussian": gaussian, "gray": gray, "sigma": sigma, "poisson_scale": pscale}
