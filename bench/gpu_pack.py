@@ -30,7 +30,6 @@ SHA-256 changed, with their model folder's ``model.json`` and card, and the logs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -57,14 +56,6 @@ SKIP_IN_MODEL = {"onnx", "exports.json"}  # exported graphs: rebuilt there
 
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def folder_bytes(path: Path) -> int:
@@ -134,11 +125,13 @@ def copy_model(source: Path, dest: Path, fp16: bool) -> int:
     if fp16:
         from safetensors.torch import load_file, save_file
 
+        from srserve.models.repository import sha256_file
+
         for weights in meta["weights"]:
             path = dest / weights["file"]
             tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
             save_file(tensors, str(path))
-            weights["sha256"] = sha256_of(path)
+            weights["sha256"] = sha256_file(path)
         meta["gpu_pack"] = "weights rounded to fp16 to fit a device call (timings only; bench/gpu_pack.py)"
         (dest / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
     return folder_bytes(dest)
@@ -229,9 +222,11 @@ def pack_train(root: Path, datasets: Path, minutes: float, names: list[str]) -> 
 # --- results -----------------------------------------------------------------------------------
 def changed_weights(pack: Path) -> list[str]:
     """``model/file`` of each weights file whose SHA-256 differs from what was packed."""
+    from srserve.models.repository import sha256_file
+
     manifest = json.loads((pack / "manifest.json").read_text())
     return [key for key, sha in manifest["weights"].items()
-            if (pack / "model_repository" / key).is_file() and sha256_of(pack / "model_repository" / key) != sha]
+            if (pack / "model_repository" / key).is_file() and sha256_file(pack / "model_repository" / key) != sha]
 
 
 def pack_results(pack: Path, logs: Path, out: Path) -> list[Path]:
