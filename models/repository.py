@@ -20,12 +20,16 @@ that scale in bf16 on CPUs with native bf16.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -56,6 +60,34 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_held = threading.local()  # roots this thread has locked, so a nested lock does not wait on itself
+
+
+@contextlib.contextmanager
+def repository_lock(root: str | os.PathLike) -> Iterator[None]:
+    """An exclusive flock on the repository folder for a read-modify-write of its model.json files:
+    publishing runs, the card writer and the bf16 gate, in one process or several. Re-entrant in
+    one thread (publishing writes the card under the lock it already holds); other threads and
+    processes wait."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    key = str(root.resolve())
+    held = _held.__dict__.setdefault("roots", set())
+    if key in held:
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass
@@ -266,6 +298,16 @@ class Repository:
             return ModelEntry.from_json(path, json.loads(meta.read_text()))
         except (ValueError, KeyError, TypeError) as exc:
             raise RepositoryError(f"{meta} is not a valid model.json: {exc}") from None
+
+    @contextlib.contextmanager
+    def edit(self, name: str) -> Iterator[ModelEntry]:
+        """Reads one entry from disk under the repository lock and saves it on leaving: whatever
+        took minutes to measure is written onto the current model.json, not onto the copy read
+        before, so a card re-measured while the gate records its verdict keeps both."""
+        with repository_lock(self.root):
+            entry = self.get(name)
+            yield entry
+            entry.save()
 
     def load(self, name: str, device: str | torch.device = "cpu", scales: list[int] | None = None) -> LoadedModel:
         if name == BICUBIC:

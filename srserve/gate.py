@@ -117,11 +117,10 @@ def measure_cpu_bf16(repository: Repository, name: str, scale: int, dataset: str
 
 def record_cpu_bf16(repository: Repository, result: GateResult) -> None:
     """Stores the verdict on the weights file serving ``result.scale`` and saves model.json."""
-    entry = repository.get(result.model)
-    weights = entry.weights_for(result.scale)
-    weights.cpu_bf16 = {**weights.cpu_bf16, str(result.scale): result.verdict()}
     try:
-        entry.save()
+        with repository.edit(result.model) as entry:
+            weights = entry.weights_for(result.scale)
+            weights.cpu_bf16 = {**weights.cpu_bf16, str(result.scale): result.verdict()}
     except OSError as exc:
         raise GateError(f"cannot write {entry.path / 'model.json'}: {exc.strerror or exc}") from None
 

@@ -1,6 +1,8 @@
 """Training recipes: a few steps of tiny configs on CPU, plus the rules each recipe must follow."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -398,7 +400,7 @@ def test_repository_lock_excludes_a_second_publisher(tmp_path):
     import os
     import threading
 
-    from srserve.train.runner import repository_lock
+    from srserve.models.repository import repository_lock
 
     entered = threading.Event()
 
@@ -418,3 +420,61 @@ def test_repository_lock_excludes_a_second_publisher(tmp_path):
         assert not entered.is_set()
     thread.join(60)
     assert entered.is_set()
+
+
+def test_repository_lock_is_reentrant_in_one_thread(tmp_path):
+    """Publishing writes the card under the lock it already holds: the nested lock must not wait
+    on itself, and leaving it must not release the outer one."""
+    import fcntl
+    import os
+
+    from srserve.models.repository import repository_lock
+
+    with repository_lock(tmp_path):
+        with repository_lock(tmp_path):
+            pass
+        probe = os.open(tmp_path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+
+
+def card_row(psnr: float) -> dict:
+    return {"dataset": "Set5", "scale": 2, "psnr": psnr, "ssim": 0.9, "bicubic": 30.0}
+
+
+def test_a_card_measured_while_the_gate_records_keeps_the_verdict(tmp_path):
+    """The card writer measures for minutes from a copy of model.json; a gate verdict recorded
+    meanwhile must survive its write (it used to be overwritten by the stale copy)."""
+    from export_nets import tiny_repository
+    from srserve.gate import GateResult, record_cpu_bf16
+    from srserve.train.card import save_measurements
+
+    repo = tiny_repository(tmp_path / "repo", names=("edsr",))
+    read_before_measuring = repo.get("edsr")
+    record_cpu_bf16(repo, GateResult(model="edsr", scale=2, dataset="Set5", images=5, psnr_fp32=30.0, psnr_bf16=30.01,
+                                     max_levels=2, scope="graph", engine="OpenVINO test", cpu="test CPU",
+                                     cpu_bf16=["avx512_bf16"], seconds=1.0, measured="2026-01-01"))
+    save_measurements(read_before_measuring, {"benchmarks": [card_row(33.5)]}, [card_row(33.5)])
+    data = json.loads((repo.root / "edsr" / "model.json").read_text())
+    assert data["benchmarks"] == [card_row(33.5)]
+    assert data["weights"][0]["cpu_bf16"]["2"]["safe"] is True
+    assert "| Set5 | x2 | 33.50 |" in (repo.root / "edsr" / "README.md").read_text()
+    assert read_before_measuring.extra["benchmarks"] == [card_row(33.5)]  # the caller's copy sees it too
+
+
+def test_a_card_refuses_figures_measured_on_weights_replaced_meanwhile(tmp_path):
+    from export_nets import TINY, make_net, tiny_repository
+    from srserve.models.repository import RepositoryError
+    from srserve.train.card import save_measurements
+
+    repo = tiny_repository(tmp_path / "repo", names=("edsr",))
+    read_before_measuring = repo.get("edsr")
+    arch, hparams = TINY["edsr"][0]
+    repo.add_weights("edsr", arch, hparams, make_net(arch, hparams, seed=5).state_dict())  # published meanwhile
+    before = (repo.root / "edsr" / "model.json").read_text()
+    with pytest.raises(RepositoryError, match="changed while they were measured"):
+        save_measurements(read_before_measuring, {"benchmarks": [card_row(33.5)]}, [card_row(33.5)])
+    assert (repo.root / "edsr" / "model.json").read_text() == before

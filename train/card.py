@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from srserve.models.repository import ModelEntry
+from srserve.models.repository import ModelEntry, Repository, RepositoryError
 
 from .data import expand_path
 
@@ -116,27 +116,39 @@ def write_model_card(entry: ModelEntry, datasets_root: str = "${SR_DATASETS}", d
     """Measures the entry (on ``device``: a GPU run should not wait for the CPU) on the clean and
     the real-world benchmarks and rewrites its card."""
     rows = measure(entry, expand_path(datasets_root), device)
-    entry.extra["benchmarks"] = rounded(rows)
-    entry.extra["real_world_benchmarks"] = rounded(measure(entry, expand_path(datasets_root), device, REAL_WORLD))
-    entry.save()
-    (entry.path / "README.md").write_text(render_card(entry, rows))
+    real_world = measure(entry, expand_path(datasets_root), device, REAL_WORLD)
+    save_measurements(entry, {"benchmarks": rounded(rows), "real_world_benchmarks": rounded(real_world)}, rows)
     return rows
 
 
 def refresh_real_world(entry: ModelEntry, datasets_root: str = "${SR_DATASETS}", device: str = "cpu") -> list[dict]:
     """Measures only the real-world rows of an entry and re-renders its card with the clean rows
     it already records (the shipped models' clean figures need no second measurement)."""
-    entry.extra["real_world_benchmarks"] = rows = rounded(measure(entry, expand_path(datasets_root), device, REAL_WORLD))
-    entry.save()
-    (entry.path / "README.md").write_text(render_card(entry, entry.extra.get("benchmarks", [])))
+    rows = rounded(measure(entry, expand_path(datasets_root), device, REAL_WORLD))
+    save_measurements(entry, {"real_world_benchmarks": rows}, None)
     return rows
+
+
+def save_measurements(entry: ModelEntry, measured: dict, clean_rows: list[dict] | None) -> None:
+    """Writes ``measured`` into the model.json on disk now (under the repository lock, not onto the
+    copy read before minutes of measuring, which would drop a gate verdict recorded meanwhile) and
+    renders the card from it; ``clean_rows`` None keeps the clean rows it records."""
+    with Repository(entry.path.parent).edit(entry.name) as current:
+        if weights_digests(current) != weights_digests(entry):
+            raise RepositoryError(f"the weights of {entry.name!r} changed while they were measured; measure again")
+        current.extra.update(measured)
+        card = render_card(current, clean_rows if clean_rows is not None else current.extra.get("benchmarks", []))
+        (current.path / "README.md").write_text(card)
+    entry.extra.update(measured)
+
+
+def weights_digests(entry: ModelEntry) -> dict[str, str]:
+    return {w.file: w.sha256 for w in entry.weights}
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m srserve.train.card [--repository DIR] [--real-world-only] NAME ...``: re-measure cards."""
     import argparse
-
-    from srserve.models.repository import Repository
 
     p = argparse.ArgumentParser(prog="python -m srserve.train.card", description=main.__doc__)
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import json
 import math
-import os
 import platform
 import random
 import time
@@ -24,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from srserve.models.registry import load_network
-from srserve.models.repository import Repository
+from srserve.models.repository import Repository, repository_lock
 
 from .config import TrainConfig, load_config
 from .data import expand_path
@@ -54,19 +52,6 @@ def initialise_from(recipe, path: str) -> None:
     if recipe.ema_net is not None:
         recipe.ema_net.load_state_dict(recipe.net.state_dict())
     print(f"initialised {len(matched)}/{len(own)} tensors from {path}")
-
-
-@contextlib.contextmanager
-def repository_lock(root: Path):
-    """An exclusive flock on the repository folder: concurrent runs (parallel queues, the GPU
-    runs of one model's scales) read-modify-write the same model.json and card."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 WARM_START_WARMUP = 200  # iterations; optim.warm_start_warmup overrides
