@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -28,6 +27,7 @@ from srserve.evaluate import as_rgb, discover, mod_crop, read_image  # noqa: E40
 from srserve.metrics import psnr_y  # noqa: E402
 from srserve.models.imresize import imresize_uint8  # noqa: E402
 from srserve.realworld import get_degradation  # noqa: E402
+from srserve.train.config import load_config  # noqa: E402
 from srserve.train.realistic import RealisticDegradation, degrade  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1)
 
-    settings = yaml.safe_load(args.config.read_text())["data"].get("degradation")
+    settings = load_config(args.config).data.get("degradation")
     training = RealisticDegradation.from_config(settings)
     benchmark = get_degradation(args.benchmark)
     generator = torch.Generator().manual_seed(args.seed)

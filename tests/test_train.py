@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from srserve.train.config import TrainConfig
@@ -478,3 +479,23 @@ def test_a_card_refuses_figures_measured_on_weights_replaced_meanwhile(tmp_path)
     with pytest.raises(RepositoryError, match="changed while they were measured"):
         save_measurements(read_before_measuring, {"benchmarks": [card_row(33.5)]}, [card_row(33.5)])
     assert (repo.root / "edsr" / "model.json").read_text() == before
+
+
+def test_a_config_extends_another_and_states_only_what_it_changes(tmp_path):
+    from srserve.train.config import ConfigError, load_config
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({
+        "name": "base", "recipe": "edsr", "arch": "edsr", "hparams": {"scale": 2, "n_feats": 8},
+        "repository_name": "edsr", "iterations": 10, "data": {"folders": ["a"], "lr_patch": 8, "batch": 2},
+        "optim": {"lr": 1e-3, "betas": [0.9, 0.999]}}))
+    (tmp_path / "stage.yaml").write_text(yaml.safe_dump({
+        "extends": "base.yaml", "name": "stage", "data": {"batch": 4}, "optim": {"betas": [0.5]}}))
+    cfg = load_config(tmp_path / "stage.yaml")
+    assert cfg.name == "stage" and cfg.iterations == 10 and cfg.hparams == {"scale": 2, "n_feats": 8}
+    assert cfg.data == {"folders": ["a"], "lr_patch": 8, "batch": 4}  # mappings merge key by key
+    assert cfg.optim == {"lr": 1e-3, "betas": [0.5]}  # a list replaces
+    assert cfg.path == tmp_path / "stage.yaml"
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")

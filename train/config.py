@@ -47,8 +47,9 @@ class TrainConfig:
         return Path(os.environ.get("SR_RUNS", "runs")) / self.name
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    path = Path(path)
+def read_settings(path: Path, including: tuple[Path, ...] = ()) -> dict:
+    """The settings of one YAML file; ``extends: OTHER.yaml`` (relative to the file) starts from
+    OTHER's settings, so a later stage of a run states only what it changes."""
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -57,6 +58,27 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    if base_path in including or base_path == path.resolve():
+        raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
+    return merged(read_settings(base_path, (*including, path.resolve())), data)
+
+
+def merged(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists included)
+    replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    data = read_settings(path)
     known = set(TrainConfig.__dataclass_fields__) - {"path"}
     unknown = set(data) - known
     if unknown:
