@@ -122,5 +122,5 @@ def record_cpu_bf16(repository: Repository, result: GateResult) -> None:
             weights = entry.weights_for(result.scale)
             weights.cpu_bf16 = {**weights.cpu_bf16, str(result.scale): result.verdict()}
     except OSError as exc:
-        raise GateError(f"cannot write {entry.path / 'model.json'}: {exc.strerror or exc}") from None
+        raise GateError(f"cannot write {repository.root / result.model / 'model.json'}: {exc.strerror or exc}") from None
 
