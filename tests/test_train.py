@@ -511,18 +511,14 @@ def test_a_config_that_publishes_into_a_shipped_model_continues_those_weights(pa
     """A config naming a shipped model must describe the very network shipped there, and be behind
     it in iterations: otherwise a run starts from scratch and its first validation overwrites the
     shipped weights (publishing keeps the best of *this* run)."""
-    from srserve.models import get_spec, scales_of
     from srserve.models.repository import Repository
     from srserve.train.config import load_config
+    from srserve.train.runner import published_progress
 
     cfg = load_config(path)
     repository = Repository(CHECKOUT / "model_repository")
     if cfg.repository_name not in repository.names():
         assert cfg.repository_name.endswith("-cpu") or cfg.repository_name == "esrgan-gan", cfg.repository_name
         return
-    entry = repository.get(cfg.repository_name)
-    hparams = {**get_spec(cfg.arch).default_hparams, **cfg.hparams}
-    scales = sorted(scales_of(cfg.arch, hparams))
-    matching = [w for w in entry.weights if sorted(w.scales) == scales and w.hparams == hparams]
-    assert entry.architecture == cfg.arch and matching, f"{path.name} does not describe the shipped {entry.name}"
-    assert all(0 < int(w.source.get("iterations", 0)) < cfg.iterations for w in matching)
+    assert published_progress(repository, cfg) is not None, \
+        f"{path.name} does not describe the shipped {cfg.repository_name}, or is not behind it in iterations"

@@ -46,6 +46,14 @@ class TrainConfig:
         a work tree that may be recreated, so long runs survive and resume."""
         return Path(os.environ.get("SR_RUNS", "runs")) / self.name
 
+    def network(self) -> tuple[dict, list[int]]:
+        """The network's full hyper-parameters (the architecture's defaults under the config's) and
+        the scales it serves: what a published entry must match for this config to continue it."""
+        from srserve.models import get_spec, scales_of
+
+        hparams = {**get_spec(self.arch).default_hparams, **self.hparams}
+        return hparams, scales_of(self.arch, hparams)
+
 
 def read_settings(path: Path, including: tuple[Path, ...] = ()) -> dict:
     """The settings of one YAML file; ``extends: OTHER.yaml`` (relative to the file) starts from

@@ -87,6 +87,24 @@ def cosine_factor(fraction: float, final: float) -> float:
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
+def published_progress(repository: Repository, cfg: TrainConfig) -> dict | None:
+    """The training facts of the same model (entry, scales, hyper-parameters) published earlier,
+    if they are behind this config's iterations; any config may continue it (e.g. a CPU
+    config continuing GPU-trained weights with a smaller batch)."""
+    try:
+        entry = repository.get(cfg.repository_name)
+    except Exception:  # no such entry yet
+        return None
+    hparams, scales = cfg.network()
+    for weights in entry.weights:
+        source = weights.source
+        same_model = (entry.architecture == cfg.arch and sorted(weights.scales) == sorted(scales)
+                      and weights.hparams == hparams)
+        if same_model and 0 < int(source.get("iterations", 0)) < cfg.iterations:
+            return {"path": entry.path / weights.file, **source}
+    return None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, repository: str | Path = "model_repository", device: str | None = None):
         self.cfg = cfg
@@ -148,20 +166,7 @@ class Trainer:
         return True
 
     def published_progress(self) -> dict | None:
-        """The training facts of the same model (entry, scales, hyper-parameters) published earlier,
-        if they are behind this config's iterations; any config may continue it (e.g. a CPU
-        config continuing GPU-trained weights with a smaller batch)."""
-        try:
-            entry = self.repository.get(self.cfg.repository_name)
-        except Exception:  # no such entry yet
-            return None
-        for weights in entry.weights:
-            source = weights.source
-            same_model = (entry.architecture == self.cfg.arch and sorted(weights.scales) == sorted(self.recipe.scales)
-                          and weights.hparams == self.recipe.hparams)
-            if same_model and 0 < int(source.get("iterations", 0)) < self.cfg.iterations:
-                return {"path": entry.path / weights.file, **source}
-        return None
+        return published_progress(self.repository, self.cfg)
 
     def warm_start_from_published(self) -> bool:
         """Continues a run whose checkpoints are gone (a new machine) from its published weights.

@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from srserve.models import SRNet, build_network, get_spec, scales_of
+from srserve.models import SRNet, build_network, get_spec
 from srserve.models.repository import LoadedModel
 
 from ..config import TrainConfig
@@ -37,8 +37,7 @@ class Recipe:
         self.cfg = cfg
         self.device = device
         self.spec = get_spec(cfg.arch)
-        self.hparams = {**self.spec.default_hparams, **cfg.hparams}
-        self.scales = scales_of(cfg.arch, self.hparams)
+        self.hparams, self.scales = cfg.network()
         if cfg.amp not in (None, "bf16"):
             raise ValueError(f"amp must be bf16 or absent, not {cfg.amp!r}")
         self.net = build_network(cfg.arch, self.hparams).to(device)
