@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .arguments import parse_scales, tile_size
+
 HELP = "evaluate a model on a benchmark folder (PSNR/SSIM on Y, vs bicubic)"
 
 EPILOG = """dataset layouts:
@@ -22,26 +24,6 @@ bicubic downscale, noise, JPEG; see srserve/realworld.py) instead of bicubic alo
 output names the SHA-256 of those LR images."""
 
 
-def parse_scales(text: str) -> list[int]:
-    try:
-        scales = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integer scales like 4 or 2,3,4, got {text!r}") from None
-    if not scales or any(s < 1 for s in scales):
-        raise argparse.ArgumentTypeError(f"scales must be positive integers, got {text!r}")
-    return list(dict.fromkeys(scales))
-
-
-def non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a tile size >= 0, got {text!r}")
-    return value
-
-
 def add_arguments(p) -> None:
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -49,7 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--scale", required=True, type=parse_scales, metavar="S[,S...]", help="scale(s), e.g. 4 or 2,3,4")
     p.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder (layouts below)")
     p.add_argument("--self-ensemble", action="store_true", help="geometric self-ensemble x8 (EDSR+)")
-    p.add_argument("--tile", type=non_negative, default=0, metavar="N", help="LR tile size; 0 = whole image (default)")
+    p.add_argument("--tile", type=tile_size, default=0, metavar="N", help="LR tile size; 0 = whole image (default)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     p.add_argument("--degrade", metavar="NAME",
                    help="real-world benchmark: LR made from HR by this seeded pipeline (real-v1)")

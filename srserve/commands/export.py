@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from .arguments import parse_scales, positive_int
+
 HELP = "export a model to ONNX / TensorRT / compiled packages (parity-checked), optionally for Triton"
 
 EPILOG = """examples:
@@ -37,19 +39,7 @@ def csv_of(allowed: tuple[str, ...]):
     return parse
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_arguments(p) -> None:
-    from srserve.commands.eval_ import parse_scales
-
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True, help="model name in the repository")
@@ -60,11 +50,11 @@ def add_arguments(p) -> None:
     p.add_argument("--precision", type=csv_of(PRECISIONS), default=["fp32"], metavar="P[,P]",
                    help="fp32, fp16 (ONNX graph, TensorRT flag, package), bf16 (TensorRT, package); default fp32")
     p.add_argument("--self-ensemble", action="store_true", help="also export the self-ensemble x8 as one graph")
-    p.add_argument("--tile", type=positive, metavar="N",
+    p.add_argument("--tile", type=positive_int, metavar="N",
                    help="core tile size the server uses: adds static-window ONNX variants and sets the TensorRT "
                         "profile (default profile: the model's default tile)")
-    p.add_argument("--opset", type=positive, default=17, help="ONNX opset (>= 17; default 17)")
-    p.add_argument("--max-batch", type=positive, default=8,
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (>= 17; default 17)")
+    p.add_argument("--max-batch", type=positive_int, default=8,
                    help="TensorRT profile / compiled package / Triton max batch (default 8)")
     p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository to DIR")
     p.add_argument("--triton-instance", choices=["KIND_GPU", "KIND_CPU"], default="KIND_GPU",

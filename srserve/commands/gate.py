@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .eval_ import parse_scales
+from .arguments import parse_scales
 
 HELP = "measure a model in reduced precision against fp32 and record the verdict in model.json"
 

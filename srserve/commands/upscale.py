@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arguments import non_negative_int, positive_float, positive_int, tile_size_or_auto
+
 HELP = "upscale image files (tiled, any output scale, alpha/16-bit/ICC kept)"
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".tga", ".ppm", ".pgm"}
@@ -35,64 +37,30 @@ tiling:
   Out of memory halves the tile and retries the image."""
 
 
-def tile_arg(text: str) -> int | None:
-    if text == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a tile size >= 0, got {text!r}")
-    return value
-
-
-def non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-    return parse
-
-
 def add_arguments(p) -> None:
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs (or IN OUT)")
     p.add_argument("-o", "--output-dir", metavar="OUTDIR", help="folder for the results (created if missing)")
     p.add_argument("--model", required=True, help="model name in the repository, or 'bicubic'")
-    p.add_argument("--scale", type=positive(int), metavar="S", help="native scale (default: the model's only one, "
+    p.add_argument("--scale", type=positive_int, metavar="S", help="native scale (default: the model's only one, "
                    "or chosen from --outscale/--width/--height)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--outscale", type=positive(float), metavar="F", help="any output scale, e.g. 1.5 or 3.2")
-    size.add_argument("--width", type=positive(int), metavar="W", help="output width (height keeps the aspect)")
-    p.add_argument("--height", type=positive(int), metavar="H", help="output height (with --width: exact size)")
-    p.add_argument("--tile", type=tile_arg, default=None, metavar="N|auto",
+    size.add_argument("--outscale", type=positive_float, metavar="F", help="any output scale, e.g. 1.5 or 3.2")
+    size.add_argument("--width", type=positive_int, metavar="W", help="output width (height keeps the aspect)")
+    p.add_argument("--height", type=positive_int, metavar="H", help="output height (with --width: exact size)")
+    p.add_argument("--tile", type=tile_size_or_auto, default=None, metavar="N|auto",
                    help="LR tile size; 0 = whole image; auto (default) = from free memory")
-    p.add_argument("--tile-margin", type=non_negative, metavar="M", help="LR context per tile side (default per model)")
-    p.add_argument("--tile-batch", type=positive(int), default=1, metavar="B", help="tiles per backend call")
+    p.add_argument("--tile-margin", type=non_negative_int, metavar="M", help="LR context per tile side (default per model)")
+    p.add_argument("--tile-batch", type=positive_int, default=1, metavar="B", help="tiles per backend call")
     p.add_argument("--exact", action="store_true", help="margin >= receptive radius, crop-stitch (= untiled)")
     p.add_argument("--self-ensemble", action="store_true", help="geometric self-ensemble x8 (8x slower)")
     p.add_argument("--alpha", choices=["model", "bicubic"], default="model", help="how to upscale alpha")
     p.add_argument("--format", choices=["png", "jpeg", "webp"], help="output format (default png, or OUT's suffix)")
-    p.add_argument("--quality", type=positive(int), metavar="Q", help="JPEG/WebP quality (default 95/90)")
+    p.add_argument("--quality", type=positive_int, metavar="Q", help="JPEG/WebP quality (default 95/90)")
     p.add_argument("--backend", default="torch", help="inference backend (default torch)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
-    p.add_argument("--max-pixels", type=positive(int), metavar="N", help="refuse larger inputs (default 8192²)")
+    p.add_argument("--max-pixels", type=positive_int, metavar="N", help="refuse larger inputs (default 8192²)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
