@@ -277,9 +277,19 @@ def test_another_config_continues_the_same_model_and_the_card_lists_both_stages(
     entry = Repository(tmp_path / "repo").get("tiny")
     card = render_card(entry, [])
     assert "10 iterations" in card and "In stages: 6 iterations on" in card and "; then 4 iterations on" in card
+    assert "(batch 2, LR patch 8, " in card and "(batch 1, LR patch 8, " in card
     assert "## Notes" not in card
     entry.extra["card_notes"] = ["misses its target by 0.8 dB"]  # model.json's notes survive re-rendering
     assert render_card(entry, []).endswith("## Notes\n\n- misses its target by 0.8 dB\n")
+
+
+def test_card_names_the_patch_each_stage_cropped():
+    """VDSR's recipe crops HR patches (its LR is the bicubic upscale), the others LR patches."""
+    from srserve.train.card import batch_and_patch
+
+    assert batch_and_patch({"batch": 16, "lr_patch": 48}) == "batch 16, LR patch 48"
+    assert batch_and_patch({"batch": 64, "lr_patch": None, "hr_patch": 48}) == "batch 64, HR patch 48"
+    assert batch_and_patch({"batch": 4}) == "batch 4, patch ?"  # a record from before patches were kept
 
 
 def test_sampler_with_data_on_the_device_gives_the_same_batches(image_folder, tmp_path):

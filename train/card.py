@@ -43,17 +43,17 @@ def where_trained(entry: ModelEntry) -> str:
     return "minutes on one GPU" if not any(h.startswith("CPU") for h in hardware) else "on a CPU and a GPU"
 
 
-def batch_and_patch(source: dict) -> str:
-    """Batch and patch of a single-stage run (a staged run names them per stage)."""
-    if source.get("stages"):
-        return ""
-    return f" (batch {source.get('batch', '?')}, LR patch {source.get('lr_patch', '?')})"
+def batch_and_patch(facts: dict) -> str:
+    """"batch 16, LR patch 48" of a run or stage; VDSR-like recipes crop HR patches instead."""
+    patch = (f"LR patch {facts['lr_patch']}" if facts.get("lr_patch") else
+             f"HR patch {facts['hr_patch']}" if facts.get("hr_patch") else "patch ?")
+    return f"batch {facts.get('batch', '?')}, {patch}"
 
 
 def describe_stages(stages: list[dict] | None) -> str:
     if not stages:
         return ""
-    parts = [f"{st['iterations']} iterations on {st['hardware']} (batch {st['batch']}, LR patch {st['lr_patch']}, "
+    parts = [f"{st['iterations']} iterations on {st['hardware']} ({batch_and_patch(st)}, "
              f"{st['wall_time_s']} s, `{st['config']}`)" for st in stages]
     return " In stages: " + "; then ".join(parts) + "."
 
@@ -68,7 +68,8 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
         s = w.source
         size_kb = (entry.path / w.file).stat().st_size // 1024 if (entry.path / w.file).exists() else 0
         lines.append(f"- `{w.file}` (x{'/'.join(map(str, w.scales))}, {size_kb} KiB), hyper-parameters `{w.hparams}`: "
-                     f"{s.get('recipe', 'imported')} recipe, {s.get('iterations', '?')} iterations{batch_and_patch(s)}, "
+                     f"{s.get('recipe', 'imported')} recipe, {s.get('iterations', '?')} iterations"
+                     f"{'' if s.get('stages') else f' ({batch_and_patch(s)})'}, "
                      f"{s.get('wall_time_s', '?')} s on {s.get('hardware', '?')}, {s.get('date', '')}; "
                      f"data: {', '.join(map(str, s.get('data') or ['?']))}.{describe_stages(s.get('stages'))}"
                      + (f" Started from `{s['init_from']}`." if s.get("init_from") else ""))
@@ -82,7 +83,7 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
     for r in rows:
         published = paper.get((r["dataset"], r["scale"]))
         lines.append(f"| {r['dataset']} | x{r['scale']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['bicubic']:.2f} | "
-                     f"{r['psnr'] - r['bicubic']:+.2f} | {published if published is not None else '—'} |")
+                     f"{r['psnr'] - r['bicubic']:+.2f} | {'—' if published is None else f'{published:.2f}'} |")
     lines += ["", f"Reproduce: `srserve eval --model {entry.name} --scale {','.join(map(str, entry.scales))} "
               "--dataset ../shared/datasets/benchmark/Set5`", ""]
     lines += render_real_world(entry)
@@ -142,24 +143,37 @@ def save_measurements(entry: ModelEntry, measured: dict, clean_rows: list[dict] 
     entry.extra.update(measured)
 
 
+def render_recorded(entry: ModelEntry) -> list[dict]:
+    """Re-renders the card from the figures model.json records, measuring nothing (after a change
+    of the card's layout or of a recorded training fact)."""
+    save_measurements(entry, {}, None)
+    return entry.extra.get("benchmarks", [])
+
+
 def weights_digests(entry: ModelEntry) -> dict[str, str]:
     return {w.file: w.sha256 for w in entry.weights}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m srserve.train.card [--repository DIR] [--real-world-only] NAME ...``: re-measure cards."""
+    """``python -m srserve.train.card [--repository DIR] [--real-world-only | --render-only] NAME ...``:
+    re-measure cards (or only re-render them from model.json)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m srserve.train.card", description=main.__doc__)
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--repository", default="model_repository")
-    p.add_argument("--real-world-only", action="store_true", help=f"measure only {REAL_WORLD}, keep the clean rows")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--real-world-only", action="store_true", help=f"measure only {REAL_WORLD}, keep the clean rows")
+    mode.add_argument("--render-only", action="store_true", help="measure nothing: re-render from model.json")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     repo = Repository(args.repository)
     for name in args.names:
         entry = repo.get(name)
-        rows = (refresh_real_world if args.real_world_only else write_model_card)(entry, device=args.device)
+        if args.render_only:
+            rows = render_recorded(entry)
+        else:
+            rows = (refresh_real_world if args.real_world_only else write_model_card)(entry, device=args.device)
         print(name, [(r["dataset"], r["scale"], round(r["psnr"], 2)) for r in rows])
     return 0
 

@@ -38,7 +38,8 @@ def seed_everything(seed: int) -> None:
 def hardware_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def initialise_from(recipe, path: str) -> None:
@@ -300,6 +301,7 @@ class Trainer:
             "trained_by": "srserve train", "config": str(cfg.path), "recipe": cfg.recipe,
             "iterations": self.iteration, "wall_time_s": round(self.elapsed), "hardware": hardware_description(self.device),
             "data": cfg.data.get("folders"), "batch": cfg.data.get("batch"), "lr_patch": cfg.data.get("lr_patch"),
+            **({"hr_patch": cfg.data["hr_patch"]} if cfg.data.get("hr_patch") else {}),  # VDSR crops HR patches
             "validation": self.best, **({"init_from": cfg.init_from} if cfg.init_from else {}),
             **({"warm_starts": self.warm_starts} if self.warm_starts else {}), "date": time.strftime("%Y-%m-%d"),
         }
@@ -329,7 +331,7 @@ def progress_bar(name: str, total: int, done: int, minutes: float | None) -> tqd
     return tqdm(total=total, initial=done, desc=name, dynamic_ncols=True)
 
 
-STAGE_FACTS = ("config", "iterations", "wall_time_s", "hardware", "batch", "lr_patch")
+STAGE_FACTS = ("config", "iterations", "wall_time_s", "hardware", "batch", "lr_patch", "hr_patch")
 
 
 def stage_facts(source: dict) -> dict:
