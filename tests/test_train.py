@@ -273,6 +273,7 @@ def test_another_config_continues_the_same_model_and_the_card_lists_both_stages(
     first, second = source["stages"]
     assert (first["config"], first["iterations"], first["batch"]) == (first_config, 6, 2)
     assert (second["config"], second["iterations"], second["batch"]) == (str(continuation), 4, 1)
+    assert "hr_patch" not in first and "hr_patch" not in second  # only HR-patch recipes (VDSR) record one
     assert source["iterations"] == 10 and source["hardware"] == first["hardware"]
     entry = Repository(tmp_path / "repo").get("tiny")
     card = render_card(entry, [])

@@ -67,9 +67,9 @@ def render_card(entry: ModelEntry, rows: list[dict]) -> str:
     for w in entry.weights:
         s = w.source
         size_kb = (entry.path / w.file).stat().st_size // 1024 if (entry.path / w.file).exists() else 0
+        run_facts = "" if s.get("stages") else f" ({batch_and_patch(s)})"  # a staged run names them per stage
         lines.append(f"- `{w.file}` (x{'/'.join(map(str, w.scales))}, {size_kb} KiB), hyper-parameters `{w.hparams}`: "
-                     f"{s.get('recipe', 'imported')} recipe, {s.get('iterations', '?')} iterations"
-                     f"{'' if s.get('stages') else f' ({batch_and_patch(s)})'}, "
+                     f"{s.get('recipe', 'imported')} recipe, {s.get('iterations', '?')} iterations{run_facts}, "
                      f"{s.get('wall_time_s', '?')} s on {s.get('hardware', '?')}, {s.get('date', '')}; "
                      f"data: {', '.join(map(str, s.get('data') or ['?']))}.{describe_stages(s.get('stages'))}"
                      + (f" Started from `{s['init_from']}`." if s.get("init_from") else ""))

@@ -331,12 +331,14 @@ def progress_bar(name: str, total: int, done: int, minutes: float | None) -> tqd
     return tqdm(total=total, initial=done, desc=name, dynamic_ncols=True)
 
 
-STAGE_FACTS = ("config", "iterations", "wall_time_s", "hardware", "batch", "lr_patch", "hr_patch")
+STAGE_FACTS = ("config", "iterations", "wall_time_s", "hardware", "batch", "lr_patch")
+OPTIONAL_STAGE_FACTS = ("hr_patch",)  # only the recipes that have them record them (VDSR)
 
 
 def stage_facts(source: dict) -> dict:
     """How one stage of a run was trained, from a weights' source record."""
-    return {k: source.get(k) for k in STAGE_FACTS}
+    return {**{k: source.get(k) for k in STAGE_FACTS},
+            **{k: source[k] for k in OPTIONAL_STAGE_FACTS if source.get(k) is not None}}
 
 
 def train(config_path: str, repository: str = "model_repository", *, resume: bool = True,
