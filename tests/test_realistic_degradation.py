@@ -134,6 +134,26 @@ def test_resize_stage_changes_the_size_as_drawn(probs, direction):
         assert out.shape[-2:] == (int(40 * drawn["factor"]), int(40 * drawn["factor"])) == drawn["size"]
 
 
+@pytest.mark.parametrize("probs,mode", [((1, 0, 0), "area"), ((0, 1, 0), "bilinear"), ((0, 0, 1), "bicubic")])
+def test_resize_mode_probs_pick_the_mode(probs, mode):
+    rnd = Round(resize_probs=(0, 1, 0), resize_range=(0.5, 0.9), resize_mode_probs=probs)
+    for seed in range(4):
+        _, drawn = realistic.random_resize(smooth_batch(1, 40), rnd, (40, 40), gen(seed))
+        assert drawn["mode"] == mode
+
+
+def test_resize_mode_probs_must_name_every_mode():
+    with pytest.raises(ValueError, match="resize_mode_probs"):
+        RealisticDegradation.from_config({"rounds": [{"resize_mode_probs": [0.5, 0.5]}]})
+
+
+def test_uniform_resize_mode_keeps_the_earlier_draws():
+    """A config without resize_mode_probs draws the mode as before it existed (one randint)."""
+    drawn = [realistic.resize_mode(None, gen(seed)) for seed in range(12)]
+    expected = [realistic.RESIZE_MODES[int(torch.randint(3, (1,), generator=gen(seed)))] for seed in range(12)]
+    assert drawn == expected and set(drawn) == set(realistic.RESIZE_MODES)
+
+
 def test_gaussian_noise_raises_the_residual_std_by_the_drawn_sigma():
     x = torch.full((6, 3, 96, 96), 0.5)
     rnd = Round(gaussian_noise_prob=1.0, gray_noise_prob=0.5, noise_sigma=(5.0, 25.0))

@@ -13,7 +13,8 @@ HR batch (N×3×H×W in [0, 1]) -> LR batch (N×3×H/s×W/s, quantised to 8 bits
   artefacts; every kernel sums to 1;
 - **resize**: up / down / keep with ``resize_probs``, factor ~ U(``resize_range``) (round 1
   relative to the HR size, later rounds relative to the LR size), one of area / bilinear /
-  bicubic; one draw per batch (the samples must keep one size). Real-ESRGAN downscales without
+  bicubic (uniformly, as Real-ESRGAN, or with ``resize_mode_probs``; the final resize to the LR
+  size uses the last round's); one draw per batch (the samples must keep one size). Real-ESRGAN downscales without
   antialiasing (aliased LR); ``antialias: true`` low-pass filters bilinear/bicubic downscales as
   image editors do (bicubic then equals MATLAB ``imresize``, the evaluation's LR);
 - **noise**: Gaussian (σ ~ ``noise_sigma`` on the 0-255 scale) with ``gaussian_noise_prob``,
@@ -64,6 +65,7 @@ class Round:
     sinc_prob: float = 0.1
     resize_probs: tuple[float, float, float] = (0.2, 0.7, 0.1)  # up, down, keep
     resize_range: tuple[float, float] = (0.15, 1.5)
+    resize_mode_probs: tuple[float, float, float] | None = None  # in RESIZE_MODES order; None: uniform
     gaussian_noise_prob: float = 0.5
     noise_sigma: tuple[float, float] = (1.0, 30.0)
     poisson_scale: tuple[float, float] = (0.05, 3.0)
@@ -114,7 +116,11 @@ def _round(base: Round, settings: dict) -> Round:
     unknown = set(settings) - {f.name for f in fields(Round)}
     if unknown:
         raise ValueError(f"unknown degradation round settings {sorted(unknown)}")
-    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    rnd = replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    if rnd.resize_mode_probs is not None and len(rnd.resize_mode_probs) != len(RESIZE_MODES):
+        raise ValueError(f"resize_mode_probs needs {len(RESIZE_MODES)} probabilities ({', '.join(RESIZE_MODES)}), "
+                         f"got {list(rnd.resize_mode_probs)}")
+    return rnd
 
 
 # --- random draws ------------------------------------------------------------------------------
@@ -130,6 +136,14 @@ def bernoulli(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
 def choice(n: int, probs, generator: torch.Generator) -> torch.Tensor:
     weights = torch.tensor(probs, dtype=torch.float32, device=generator.device)
     return torch.multinomial(weights, n, replacement=True, generator=generator).cpu()
+
+
+def resize_mode(probs, generator: torch.Generator) -> str:
+    """One of RESIZE_MODES: uniform when ``probs`` is None (Real-ESRGAN; the draw stays the one
+    earlier runs made, so their seeds still give the same batches), else with ``probs``."""
+    if probs is None:
+        return RESIZE_MODES[int(torch.randint(len(RESIZE_MODES), (1,), generator=generator, device=generator.device))]
+    return RESIZE_MODES[int(choice(1, probs, generator))]
 
 
 def odd_sizes(n: int, bounds: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -201,7 +215,7 @@ def random_resize(x: torch.Tensor, rnd: Round, base: tuple[int, int], generator:
     direction = int(choice(1, rnd.resize_probs, generator))
     lo, hi = rnd.resize_range
     factor = [float(uniform(1, (1.0, hi), generator)), float(uniform(1, (lo, 1.0), generator)), 1.0][direction]
-    mode = RESIZE_MODES[int(torch.randint(len(RESIZE_MODES), (1,), generator=generator, device=generator.device))]
+    mode = resize_mode(rnd.resize_mode_probs, generator)
     size = (max(1, int(base[0] * factor)), max(1, int(base[1] * factor)))
     return resize(x, size, mode, antialias), {"direction": ("up", "down", "keep")[direction], "factor": factor, "mode": mode, "size": size}
 
@@ -291,7 +305,7 @@ def final_stage(x: torch.Tensor, lr_size: tuple[int, int], config: RealisticDegr
     sizes = odd_sizes(n, config.kernel_size, generator)
     omega = uniform(n, (math.pi / 3, math.pi), generator)
     kernels = torch.where(use_sinc[:, None, None], sinc_kernels(omega, sizes), identity_kernel(n))
-    mode = RESIZE_MODES[int(torch.randint(len(RESIZE_MODES), (1,), generator=generator, device=generator.device))]
+    mode = resize_mode(config.rounds[-1].resize_mode_probs, generator)
     jpeg_first = bool(bernoulli(1, 0.5, generator))
     if jpeg_first:
         x = jpeg(x, qualities, config.jpeg)
