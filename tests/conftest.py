@@ -19,7 +19,7 @@ pytest_plugins = ("pytester",)  # tests/test_ci_skips.py runs pytest on generate
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/datasets next to the clone (a developer's or CI's machine), or $SR_DATASETS
-DATASETS = Path(os.environ.get("SR_DATASETS") or ROOT.parent / "shared" / "datasets")
+DATASETS = Path(os.environ.get("SR_DATASETS") or ROOT.parent / "shared" / "datasets").resolve()  # absolute: a browser needs it
 BENCHMARK = DATASETS / "benchmark"
 NO_DATASETS = f"benchmark datasets not found at {BENCHMARK} (a user's clone has no ../shared; set SR_DATASETS)"
 needs_datasets = pytest.mark.skipif(not BENCHMARK.is_dir(), reason=NO_DATASETS)
