@@ -187,6 +187,23 @@ def test_run_without_checkpoints_continues_from_published_weights(image_folder, 
     assert Trainer(load_config(config), tmp_path / "repo").published_progress() is None  # finished: nothing to continue
 
 
+def test_a_probe_config_validates_but_never_publishes(image_folder, tmp_path, monkeypatch):
+    """``publish: false`` (train/configs/probes/): a run that forgets --no-publish still leaves the
+    repository alone; --publish-only, an explicit request, writes it into the repository given."""
+    import yaml
+
+    from srserve.train.runner import train
+
+    monkeypatch.setenv("SR_RUNS", str(tmp_path / "runs"))
+    config = write_config(tmp_path, image_folder, 6)
+    settings = yaml.safe_load(open(config))
+    open(config, "w").write(yaml.safe_dump({**settings, "publish": False}))
+    assert train(config, str(tmp_path / "repo")).iteration == 6  # without validation data a run publishes its end
+    assert not (tmp_path / "repo" / "tiny").exists()
+    train(config, str(tmp_path / "scratch"), publish_only=True)
+    assert (tmp_path / "scratch" / "tiny" / "x2.safetensors").exists()
+
+
 def test_a_warm_start_ramps_the_lr_up_while_the_fresh_optimiser_settles(image_folder, tmp_path, monkeypatch):
     """Full-lr Adam steps with fresh moments undo trained weights (a DASR lost 1.3 dB in 5 steps)."""
     import yaml

@@ -38,6 +38,7 @@ class TrainConfig:
     log_every: int = 20
     validation: dict = field(default_factory=lambda: {"dataset": "${SR_DATASETS}/benchmark/Set5"})
     extra: dict = field(default_factory=dict)  # recipe-specific settings (GAN weights, MoCo queue, ...)
+    publish: bool = True           # false for probes: validate only, never write into the repository while training
     path: Path | None = None
 
     @property

@@ -347,6 +347,10 @@ def train(config_path: str, repository: str = "model_repository", *, resume: boo
     cfg = load_config(config_path)
     if threads:
         cfg.threads = threads
+    if publish and not cfg.publish and not publish_only:
+        print(f"{cfg.name}: a probe (publish: false), validated but not published; measure it with "
+              f"--publish-only --repository SCRATCH_DIR")
+    publish = publish and cfg.publish
     trainer = Trainer(cfg, repository, device)
     if resume and trainer.resume():
         print(f"resumed {trainer.cfg.name} at iteration {trainer.iteration}")
